@@ -1,0 +1,51 @@
+"""`nolabel` command line: one thin module per command, each with `add_arguments` and `run`.
+
+Heavy libraries (torch, faiss) are imported inside each command's `run`, so `nolabel --help` and
+`nolabel evaluate` start fast. A `NolabelError` is the user's to fix: one line on stderr, exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import NolabelError
+
+# command name -> (module under nolabel.cli, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "evaluate": ("evaluate", "score cluster assignments against labels"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="nolabel",
+        description="Group images into clusters without labels and measure the clusters.",
+    )
+    parser.add_argument("--version", action="version", version=f"nolabel {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(f".{module_name}", __name__)
+        p = sub.add_parser(name, help=help_text, description=module.__doc__)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args._run(args) or 0
+    except NolabelError as e:
+        print(f"nolabel {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nolabel {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""torch.distributed helpers shared by extraction, k-means and training.
+
+Processes started by `torchrun` carry RANK / WORLD_SIZE / MASTER_ADDR in their environment;
+`init()` joins the process group from them (gloo on CPU, nccl on GPU). In a plain process every
+helper degrades to the single-process answer, so library code calls them unconditionally.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init(backend: str | None = None) -> bool:
+    """Join the torchrun process group if launched by torchrun; return whether distributed."""
+    if is_distributed():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over all processes in place (no-op in one process) and return it."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    if is_distributed():
+        dist.broadcast(tensor, src=src)
+    return tensor
+
+
+def shard(n: int) -> range:
+    """The contiguous block of `range(n)` this process owns (blocks differ by at most one)."""
+    r, w = rank(), world_size()
+    return range(n * r // w, n * (r + 1) // w)

@@ -1,0 +1,9 @@
+"""The one exception type that means "the user's input or environment is wrong".
+
+The CLI prints its message on a single line and exits with code 2; anything else is a bug and
+keeps its traceback.
+"""
+
+
+class NolabelError(Exception):
+    """A problem the user can fix (bad input, missing file, refused overwrite, ...)."""
