@@ -1,0 +1,47 @@
+"""Fit PCA + k-means on a feature folder, assign every eval folder, and score where labels exist.
+
+Scores each eval set twice: with the cluster->class mapping fitted on the train features (the fully
+unsupervised protocol of Zheltonozhskii et al.) and fitted on the eval set itself (SCAN's).
+Writes assignments.csv, metrics.json, centroids.npy, pca.npz and run.json into --out.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--features", required=True, metavar="DIR", help="train feature folder (fits PCA and k-means)")
+    p.add_argument("--eval-features", nargs="*", default=[], metavar="DIR", help="feature folders to assign and score")
+    p.add_argument("--k", type=int, required=True, help="number of clusters")
+    p.add_argument("--pca", type=int, metavar="N", help="PCA components (default: keep all dimensions)")
+    p.add_argument("--no-pca", action="store_true", help="cluster the features as they are")
+    p.add_argument("--whiten", action="store_true")
+    p.add_argument("--l2", action="store_true", help="L2-normalise rows after PCA")
+    p.add_argument("--spherical", action="store_true", help="cosine k-means")
+    p.add_argument("--n-init", type=int, default=1, metavar="N")
+    p.add_argument("--max-iter", type=int, default=50, metavar="N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mapping", choices=["hungarian", "majority"], default="hungarian")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--force", action="store_true", help="overwrite a finished output folder")
+    p.add_argument("--json", action="store_true", help="print metrics.json instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from ..config import EvaluateConfig, KMeansConfig, PCAConfig
+    from ..pipeline import cluster_stores, format_metrics
+    from ..store import FeatureStore
+
+    pca = PCAConfig(n_components=args.pca, whiten=args.whiten, l2_normalize=args.l2, enabled=not args.no_pca)
+    kmeans = KMeansConfig(k=args.k, n_init=args.n_init, max_iter=args.max_iter, spherical=args.spherical,
+                          seed=args.seed)
+    evaluate = EvaluateConfig(mapping=args.mapping)
+    for c in (pca, kmeans, evaluate):
+        c.validate()
+    train = FeatureStore.open(args.features)
+    evals = [FeatureStore.open(d) for d in args.eval_features]
+    results = cluster_stores(train, evals, args.out, pca=pca, kmeans=kmeans, evaluate=evaluate, force=args.force)
+    print(json.dumps(results, indent=2) if args.json else format_metrics(results))
+    return 0

@@ -1,0 +1,213 @@
+"""Typed run configuration: dataclasses with defaults, loaded from YAML, overridden by --set.
+
+A configuration names every choice of a run - dataset, backbone and weights, extraction, PCA,
+k-means and the evaluation protocol - so a run folder's `config.yaml` says exactly what produced
+its numbers. Unknown keys and values of the wrong type are errors, never silently ignored.
+
+    cfg = load_config("configs/fashion-mnist.yaml", overrides=["kmeans.k=20", "pca.n_components=null"])
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import NolabelError
+
+
+@dataclass
+class DataConfig:
+    train: str = "fashion-mnist"  # fits PCA, k-means and (protocol "train") the cluster->class mapping
+    eval: list[str] = field(default_factory=list)  # further datasets assigned to the clusters
+    on_bad_image: str = "skip"
+
+    def validate(self) -> None:
+        _choice("data.on_bad_image", self.on_bad_image, ("skip", "fail"))
+
+
+@dataclass
+class ModelConfig:
+    name: str = "efficientnet_lite0"
+    weights: str | None = None
+    trust_checkpoint: bool = False
+
+
+@dataclass
+class ExtractConfig:
+    image_size: int | None = 64
+    batch_size: int = 128
+    dtype: str = "float16"
+    precision: str = "fp32"
+    device: str = "cpu"
+    workers: int | None = None
+
+    def validate(self) -> None:
+        _choice("extract.dtype", self.dtype, ("float16", "float32"))
+        _choice("extract.precision", self.precision, ("fp32", "bf16"))
+        _choice("extract.device", self.device, ("cpu", "cuda", "auto"))
+        _at_least("extract.batch_size", self.batch_size, 1)
+        if self.image_size is not None:
+            _at_least("extract.image_size", self.image_size, 8)
+
+
+@dataclass
+class PCAConfig:
+    n_components: int | None = 64  # null keeps every dimension (PCA still centres and rotates)
+    whiten: bool = False
+    l2_normalize: bool = False
+    enabled: bool = True
+
+    def validate(self) -> None:
+        if self.n_components is not None:
+            _at_least("pca.n_components", self.n_components, 1)
+
+
+@dataclass
+class KMeansConfig:
+    k: int = 10
+    n_init: int = 1
+    max_iter: int = 50
+    spherical: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        _at_least("kmeans.k", self.k, 1)
+        _at_least("kmeans.n_init", self.n_init, 1)
+        _at_least("kmeans.max_iter", self.max_iter, 1)
+
+
+@dataclass
+class EvaluateConfig:
+    mapping: str = "hungarian"
+    average_method: str = "arithmetic"
+
+    def validate(self) -> None:
+        _choice("evaluate.mapping", self.mapping, ("hungarian", "majority"))
+        _choice("evaluate.average_method", self.average_method, ("arithmetic", "geometric", "min", "max"))
+
+
+@dataclass
+class BaselineConfig:
+    """The raw-pixel reference row: same clustering on the images' pixels instead of features."""
+
+    enabled: bool = True
+    image_size: int | None = 28
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    pca: PCAConfig = field(default_factory=PCAConfig)
+    kmeans: KMeansConfig = field(default_factory=KMeansConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    report: bool = True
+
+    def validate(self) -> "RunConfig":
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise NolabelError(f"name: {self.name!r} is not usable as a folder name")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if hasattr(value, "validate"):
+                value.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Defaults, then the YAML file (if any), then each `key.sub=value` override, validated."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise NolabelError(f"{path}: configuration file not found") from None
+        except yaml.YAMLError as e:
+            raise NolabelError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise NolabelError(f"{path}: a configuration must be a mapping of sections")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise NolabelError(f"--set {item!r}: expected key=value, e.g. kmeans.k=20")
+        _set_path(raw, key.strip().split("."), yaml.safe_load(value) if value.strip() else None)
+    return _build(RunConfig, raw, "").validate()
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def _set_path(raw: dict, keys: list[str], value: Any) -> None:
+    for k in keys[:-1]:
+        nested = raw.setdefault(k, {})
+        if not isinstance(nested, dict):
+            raise NolabelError(f"--set {'.'.join(keys)}: {k} is not a section")
+        raw = nested
+    raw[keys[-1]] = value
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise NolabelError(f"{where or 'configuration'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise NolabelError(
+            f"{where + ': ' if where else ''}unknown key(s) {', '.join(map(str, unknown))}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    values = {}
+    for name, value in raw.items():
+        key = f"{where}.{name}" if where else name
+        values[name] = _coerce(hints[name], value, key)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, key)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is list:
+        items = value if isinstance(value, list) else [value]
+        return [_coerce(args[0], v, key) for v in items]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise NolabelError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise NolabelError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+
+
+def _at_least(key: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise NolabelError(f"{key}: must be at least {minimum}, got {value}")

@@ -1,0 +1,301 @@
+"""Extract a backbone's features over a dataset into a FeatureStore - streaming and resumable.
+
+The model is always in `eval()` under `torch.inference_mode()` with its deterministic eval
+transform (resize + centre crop): no augmentation, no batch-norm statistics updates.
+
+How resume stays exact: rows are cut into fixed batches (`batch_size` images, the last one
+shorter), batch `b` always holds rows `b*B .. b*B+B-1`, and each process works through its own
+contiguous run of batches. Features go straight into a preallocated memory-mapped array in
+`DIR/.partial/`; after every few batches the array is flushed and a small progress file is
+replaced atomically. A process killed at any moment resumes at the first batch not recorded as
+flushed, so every batch is computed once with the same composition and the result is identical to
+an uninterrupted run. Under torchrun the ranks split the batches the same way (a batch never
+straddles two ranks), so N processes produce exactly the features of one.
+
+Images that cannot be decoded are listed (`skipped.csv`) and left out of the final rows, or stop
+the run at once with `on_bad_image="fail"`; work done up to then is kept for the next attempt.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from . import __version__, distributed
+from .data import BadImageError, ImageDataset, load
+from .errors import NolabelError
+from .io import atomic_path, read_json, refuse_overwrite, save_npy, write_json
+from .models import Backbone, create
+from .store import FEATURES, LABELS, MANIFEST, FeatureStore, write_index, write_skipped
+
+PARTIAL = ".partial"
+DTYPES = ("float16", "float32")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    batch_size: int = 64
+    image_size: int | None = None
+    device: str = "cpu"
+    dtype: str = "float16"
+    precision: str = "fp32"
+    workers: int | None = None
+    on_bad_image: str = "skip"
+    # Flush the memory map and record progress at least this often: bounds the work a kill can
+    # lose without paying an msync per batch (0 records after every batch).
+    checkpoint_seconds: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise NolabelError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.image_size is not None and self.image_size < 8:
+            raise NolabelError(f"image size must be at least 8 pixels, got {self.image_size}")
+        if self.dtype not in DTYPES:
+            raise NolabelError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.precision not in PRECISIONS:
+            raise NolabelError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        if self.on_bad_image not in ("skip", "fail"):
+            raise NolabelError(f"on_bad_image must be 'skip' or 'fail', got {self.on_bad_image!r}")
+        if self.workers is not None and self.workers < 0:
+            raise NolabelError(f"workers must be >= 0, got {self.workers}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise NolabelError(f"device must be cpu, cuda or auto, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise NolabelError("--device cuda was asked for but no CUDA device is available")
+
+
+def default_workers() -> int:
+    """Decoding processes: leave one core to the model, and never fewer than one worker."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, (cores or 2) - 1))
+
+
+def extract(
+    data: str | ImageDataset,
+    model: str | Backbone,
+    out: str | os.PathLike,
+    *,
+    weights: str | None = None,
+    allow_pickle: bool = False,
+    options: ExtractOptions = ExtractOptions(),
+    force: bool = False,
+    progress: bool = True,
+) -> FeatureStore:
+    """Run `model` over `data` and write a complete FeatureStore at `out`.
+
+    `data` is a dataset spec (see `nolabel datasets`) or a loaded dataset; `model` a registered
+    name (see `nolabel models`) or a Backbone. Returns the store; its `features` are (N, D) with
+    N = images decoded successfully and D = the backbone's feature dimension.
+    """
+    out = Path(out)
+    distributed.init()
+    if (out / MANIFEST).exists():
+        refuse_overwrite(out / MANIFEST, force, what="a complete feature store")
+    dataset = load(data, on_bad_image=options.on_bad_image) if isinstance(data, str) else data
+    if len(dataset) == 0:
+        raise NolabelError(f"{dataset.spec}: the dataset holds no images")
+    backbone = create(model, weights=weights, allow_pickle=allow_pickle) if isinstance(model, str) else model
+    device = _resolve_device(options.device)
+    transform = backbone.eval_transform(options.image_size)
+    settings = _settings(dataset, backbone, transform, options)
+
+    partial = out / PARTIAL
+    if distributed.is_main():
+        if force and (out / MANIFEST).exists():
+            (out / MANIFEST).unlink()
+        _prepare_partial(partial, settings, len(dataset), backbone.feature_dim, options.dtype, force)
+    distributed.barrier()
+
+    n_batches = -(-len(dataset) // options.batch_size)
+    my_batches = distributed.shard(n_batches)
+    started = time.perf_counter()
+    _extract_batches(dataset, backbone, transform, partial, my_batches, options, device, progress)
+    distributed.barrier()
+    if distributed.is_main():
+        _finalize(out, partial, dataset, settings, options, time.perf_counter() - started)
+    distributed.barrier()
+    return FeatureStore.open(out)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and distributed.is_distributed():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(device)
+
+
+def _settings(dataset: ImageDataset, backbone: Backbone, transform, options: ExtractOptions) -> dict:
+    """Everything that determines the features; a resume must match it exactly."""
+    report = backbone.load_report
+    return {
+        "dataset": dataset.spec,
+        "n_images": len(dataset),
+        "model": backbone.name,
+        "weights": getattr(report, "source", None),
+        "weights_sha256": getattr(report, "sha256", None),
+        "transform": transform.describe(),
+        "dim": backbone.feature_dim,
+        "dtype": options.dtype,
+        "precision": options.precision,
+        "batch_size": options.batch_size,
+    }
+
+
+def _prepare_partial(partial: Path, settings: dict, n: int, dim: int, dtype: str, force: bool) -> None:
+    settings_file = partial / "settings.json"
+    if settings_file.exists():
+        previous = read_json(settings_file)
+        if previous == settings and (partial / FEATURES).exists():
+            return  # resume
+        if previous != settings and not force:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            raise NolabelError(
+                f"{partial.parent}: holds an unfinished extraction made with other settings "
+                f"({', '.join(changed)} differ); rerun with the same arguments to resume it, or "
+                "pass --force to start over"
+            )
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    with atomic_path(partial / FEATURES) as tmp:
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, dim)).flush()
+    write_json(settings_file, settings)
+
+
+class _Decoded(Dataset):
+    """Worker-side half of the transform: decode + resize + crop to uint8, never raising on a bad image."""
+
+    def __init__(self, dataset: ImageDataset, transform) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        try:
+            image, _ = self.dataset[i]
+        except BadImageError as e:
+            return i, None, f"{e.reason}"
+        return i, self.transform.to_uint8(image), None
+
+
+def _collate(samples):
+    good = [(i, a) for i, a, _ in samples if a is not None]
+    bad = [(i, reason) for i, a, reason in samples if a is None]
+    rows = np.array([i for i, _ in good], dtype=np.int64)
+    pixels = torch.from_numpy(np.stack([a for _, a in good])) if good else None
+    return rows, pixels, bad
+
+
+def _extract_batches(dataset, backbone, transform, partial, batches: range, options, device, progress):
+    progress_file = partial / f"progress.rank{distributed.rank()}.json"
+    state = read_json(progress_file) if progress_file.exists() else {"next_batch": batches.start, "skipped": []}
+    first = max(state["next_batch"], batches.start)
+    if first >= batches.stop:
+        return
+    B, n = options.batch_size, len(dataset)
+    batch_indices = [list(range(b * B, min((b + 1) * B, n))) for b in range(first, batches.stop)]
+    workers = default_workers() if options.workers is None else options.workers
+    loader = DataLoader(
+        _Decoded(dataset, transform),
+        batch_sampler=batch_indices,
+        num_workers=workers,
+        collate_fn=_collate,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    features = np.load(partial / FEATURES, mmap_mode="r+")
+    backbone = backbone.to(device).eval()
+    channels_last = device.type == "cpu" or options.precision == "bf16"
+    if channels_last:
+        backbone = backbone.to(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.precision == "bf16")
+
+    def record(next_batch: int) -> None:
+        features.flush()
+        write_json(progress_file, {"next_batch": next_batch, "skipped": state["skipped"]})
+
+    remaining = sum(len(b) for b in batch_indices)
+    bar = tqdm(total=remaining, unit="img", desc="extract", disable=not (progress and distributed.is_main()),
+               dynamic_ncols=True, smoothing=0.1)
+    last_record = time.monotonic()
+    b = first
+    with torch.inference_mode(), autocast:
+        for b, (rows, pixels, bad) in enumerate(loader, start=first):
+            for i, reason in bad:
+                item = dataset.item_names[i]
+                if options.on_bad_image == "fail":
+                    record(b)
+                    raise NolabelError(
+                        f"{item}: unreadable image ({reason}); fix or remove it, or pass "
+                        "--on-bad-image skip to leave such images out"
+                    )
+                state["skipped"].append([int(i), item, reason])
+            if pixels is not None:
+                x = transform.normalize(pixels.to(device, non_blocking=True))
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                features[rows] = backbone(x).float().cpu().numpy().astype(options.dtype)
+            bar.update(len(rows) + len(bad))
+            if time.monotonic() - last_record >= options.checkpoint_seconds:
+                record(b + 1)
+                last_record = time.monotonic()
+    record(batches.stop)
+    bar.close()
+    del features
+
+
+def _finalize(out: Path, partial: Path, dataset, settings: dict, options, seconds: float) -> None:
+    skipped = []
+    for progress_file in sorted(partial.glob("progress.rank*.json")):
+        skipped.extend(read_json(progress_file)["skipped"])
+    skipped.sort()
+    bad_rows = np.array([row for row, _, _ in skipped], dtype=np.int64)
+    keep = np.setdiff1d(np.arange(len(dataset)), bad_rows)
+
+    if len(keep) == 0:
+        raise NolabelError(f"{dataset.spec}: no image could be read (see {partial}/progress.*.json)")
+    if len(bad_rows) == 0:
+        os.replace(partial / FEATURES, out / FEATURES)
+    else:
+        _compact(partial / FEATURES, out / FEATURES, keep)
+    save_npy(out / LABELS, dataset.labels[keep].astype(np.int64))
+    write_index(out, [dataset.item_names[i] for i in keep])
+    write_skipped(out, [(item, reason) for _, item, reason in skipped])
+    write_json(out / MANIFEST, {
+        **settings,
+        "classes": list(dataset.classes),
+        "n": int(len(keep)),
+        "n_skipped": len(skipped),
+        "seconds": round(seconds, 2),
+        "images_per_second": round(len(dataset) / max(seconds, 1e-9), 1),
+        "world_size": distributed.world_size(),
+        "nolabel_version": __version__,
+        "torch_version": torch.__version__,
+        "complete": True,
+    })
+    shutil.rmtree(partial)
+
+
+def _compact(source: Path, target: Path, keep: np.ndarray, chunk: int = 65536) -> None:
+    """Copy the kept rows into a new array, chunk by chunk (the source may not fit in RAM)."""
+    full = np.load(source, mmap_mode="r")
+    with atomic_path(target) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=full.dtype, shape=(len(keep), full.shape[1]))
+        for start in range(0, len(keep), chunk):
+            rows = keep[start:start + chunk]
+            out[start:start + len(rows)] = full[rows]
+        out.flush()
+        del out

@@ -1,0 +1,170 @@
+"""The main job: one configuration, end to end, stage by stage, into one run folder.
+
+    RUN/config.yaml             the resolved configuration
+    RUN/features/<dataset>/     one feature store per dataset (nolabel extract)
+    RUN/cluster/                PCA + k-means + assignments + metrics (nolabel cluster)
+    RUN/baseline/...            the same clustering on raw pixels, as a reference row
+    RUN/summary.json            the results table
+
+Each stage records the settings that produced it and is skipped when its finished output matches,
+so a killed run resumes where it stopped, and a changed setting recomputes only what depends on it.
+A folder made by a different configuration is never overwritten without `force`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from . import pipeline, store
+from .config import PCAConfig, RunConfig, dump_config
+from .errors import NolabelError
+from .features import ExtractOptions, extract
+from .io import write_json, write_text
+
+SUMMARY_METRICS = ("acc", "nmi", "ari", "ami")
+
+
+def default_data() -> str:
+    """Fashion-MNIST when its files are here (make install puts them there), else sklearn's digits."""
+    from .data import load
+
+    try:
+        load("fashion-mnist")
+        return "fashion-mnist"
+    except NolabelError:
+        return "digits"
+
+
+def run(cfg: RunConfig, out: str | os.PathLike | None = None, *, force: bool = False,
+        progress: bool = True, log=print) -> dict[str, Any]:
+    """Run `cfg` into `out` (default runs/<name>); return the summary written to summary.json."""
+    out = Path(out) if out is not None else Path("runs") / cfg.name
+    _claim_folder(out, cfg, force)
+    timings: dict[str, float] = {}
+
+    log(f"run folder: {out}")
+    specs = [cfg.data.train, *cfg.data.eval]
+    stores = _extract_all(cfg, out / "features", specs, cfg.model.name, cfg.extract.image_size,
+                          timings, "features", progress, log)
+    rows = [_cluster_stage(cfg, stores, out / "cluster", cfg.pca, timings, "cluster", progress, log,
+                           f"{cfg.model.name} + PCA + k-means")]
+    if cfg.baseline.enabled:
+        pixel_stores = _extract_all(cfg, out / "baseline" / "features", specs, "pixels",
+                                    cfg.baseline.image_size, timings, "baseline features", progress, log)
+        rows.append(_cluster_stage(cfg, pixel_stores, out / "baseline" / "cluster", cfg.pca, timings,
+                                   "baseline cluster", progress, log, "raw pixels + PCA + k-means"))
+
+    summary = {"name": cfg.name, "folder": str(out), "rows": rows,
+               "timings_seconds": {k: round(v, 2) for k, v in timings.items()}}
+    write_json(out / "summary.json", summary)
+    if cfg.report:
+        from .report import write_report
+
+        summary["report"] = str(write_report(out))
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The results table: one row per method and dataset, ACC / NMI / ARI / AMI."""
+    header = f"{'method':<42} {'data':<24} {'n':>7} " + " ".join(f"{m.upper():>6}" for m in SUMMARY_METRICS)
+    lines = [header, "-" * len(header)]
+    for row in summary["rows"]:
+        for source in row["sources"]:
+            values = source.get("metrics")
+            cells = " ".join(f"{values[m]:6.3f}" if values else f"{'-':>6}" for m in SUMMARY_METRICS)
+            lines.append(f"{row['method']:<42} {source['data'][:24]:<24} {source['n']:>7} {cells}")
+    protocol = summary["rows"][0].get("protocol")
+    if protocol:
+        lines.append(f"protocol: {protocol}")
+    return "\n".join(lines)
+
+
+def _claim_folder(out: Path, cfg: RunConfig, force: bool) -> None:
+    config_file = out / "config.yaml"
+    text = dump_config(cfg)
+    if config_file.exists() and config_file.read_text(encoding="utf-8") != text and not force:
+        raise NolabelError(
+            f"{out} holds a run made with another configuration; choose another folder with --out, "
+            "or pass --force to recompute the stages whose settings changed"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(config_file, text)
+
+
+def _slug(spec: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_") or "data"
+
+
+def _extract_all(cfg: RunConfig, root: Path, specs: list[str], model: str, image_size: int | None,
+                 timings: dict, label: str, progress: bool, log) -> list[store.FeatureStore]:
+    t = time.perf_counter()
+    options = ExtractOptions(batch_size=cfg.extract.batch_size, image_size=image_size,
+                             device=cfg.extract.device, dtype=cfg.extract.dtype,
+                             precision=cfg.extract.precision, workers=cfg.extract.workers,
+                             on_bad_image=cfg.data.on_bad_image)
+    weights = cfg.model.weights if model == cfg.model.name else None
+    stores = []
+    for spec in specs:
+        folder = root / _slug(spec)
+        existing = _matching_store(folder, spec, model, options)
+        if existing is not None:
+            log(f"{label}: {spec}: up to date ({existing.n} x {existing.dim})")
+            stores.append(existing)
+            continue
+        log(f"{label}: {spec} through {model}")
+        stores.append(extract(spec, model, folder, weights=weights, allow_pickle=cfg.model.trust_checkpoint,
+                              options=options, force=True, progress=progress))
+    timings[label] = time.perf_counter() - t
+    return stores
+
+
+def _matching_store(folder: Path, spec: str, model: str, options: ExtractOptions) -> store.FeatureStore | None:
+    if not store.is_complete(folder):
+        return None
+    existing = store.FeatureStore.open(folder)
+    m = existing.manifest
+    wanted = {"dataset": spec, "model": model, "dtype": options.dtype, "precision": options.precision,
+              "batch_size": options.batch_size}
+    if any(m.get(k) != v for k, v in wanted.items()):
+        return None
+    crop = m.get("transform", {}).get("crop")
+    if options.image_size is not None and crop is not None and crop != options.image_size:
+        return None
+    return existing
+
+
+def _cluster_stage(cfg: RunConfig, stores, folder: Path, pca: PCAConfig, timings, label, progress, log,
+                   method: str) -> dict[str, Any]:
+    t = time.perf_counter()
+    pca = _fit_pca_to(pca, stores[0])
+    settings = pipeline.stage_settings(stores, pca, cfg.kmeans, cfg.evaluate)
+    if pipeline.is_done(folder, settings):
+        log(f"{label}: up to date")
+        from .io import read_json
+
+        results = read_json(folder / "metrics.json")
+    else:
+        log(f"{label}: PCA {pca.n_components if pca.enabled else 'off'} + k-means k={cfg.kmeans.k}")
+        results = pipeline.cluster_stores(stores[0], stores[1:], folder, pca=pca, kmeans=cfg.kmeans,
+                                          evaluate=cfg.evaluate, force=True, progress=progress)
+    timings[label] = time.perf_counter() - t
+    sources = []
+    for name, s in zip(pipeline._source_names(stores), stores):
+        entry = results[name]
+        scored = entry.get("fit_on_eval")
+        sources.append({"name": name, "data": s.manifest.get("dataset"), "n": entry["n"],
+                        "metrics": {m: scored[m] for m in SUMMARY_METRICS} if scored else None,
+                        "metrics_fit_on_train": entry.get("fit_on_train")})
+    protocol = f"{cfg.evaluate.mapping} mapping fitted on each evaluated set; NMI/AMI {cfg.evaluate.average_method}"
+    return {"method": method, "folder": str(folder), "sources": sources, "protocol": protocol}
+
+
+def _fit_pca_to(pca: PCAConfig, train: store.FeatureStore) -> PCAConfig:
+    """Pixel features of tiny images can have fewer dimensions than the PCA asks for: keep them all."""
+    if pca.enabled and pca.n_components is not None and pca.n_components > min(train.n, train.dim):
+        return replace(pca, n_components=min(train.n, train.dim))
+    return pca

@@ -1,0 +1,134 @@
+"""The on-disk feature store: one folder per feature set.
+
+    DIR/features.npy   (N, D) float16 or float32, memory-mapped when read
+    DIR/labels.npy     (N,) int64, -1 where the label is unknown
+    DIR/index.csv      row,item - which image each row came from (path, or split/index)
+    DIR/skipped.csv    item,reason - images that could not be read (empty but for the header if none)
+    DIR/manifest.json  how the features were made; written last, with "complete": true
+
+A folder is a finished store only when its manifest says complete; readers refuse anything else,
+so a killed extraction can never be mistaken for a result.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import NolabelError
+from .io import atomic_path, read_json, save_npy, write_json
+
+FEATURES = "features.npy"
+LABELS = "labels.npy"
+INDEX = "index.csv"
+SKIPPED = "skipped.csv"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class FeatureStore:
+    """A complete feature folder. `features` is memory-mapped read-only: (N, D)."""
+
+    path: Path
+    manifest: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "FeatureStore":
+        path = Path(path)
+        if not path.is_dir():
+            raise NolabelError(f"{path}: no such feature folder")
+        if not (path / MANIFEST).exists():
+            if any(path.glob(".partial*")):
+                raise NolabelError(
+                    f"{path}: extraction did not finish; run `nolabel extract` again with the "
+                    "same arguments to resume it"
+                )
+            raise NolabelError(f"{path}: not a feature folder (no {MANIFEST})")
+        manifest = read_json(path / MANIFEST)
+        if not manifest.get("complete"):
+            raise NolabelError(f"{path}: extraction is not complete")
+        return cls(path=path, manifest=manifest)
+
+    @cached_property
+    def features(self) -> np.ndarray:
+        return np.load(self.path / FEATURES, mmap_mode="r")
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        return np.load(self.path / LABELS)
+
+    @cached_property
+    def items(self) -> list[str]:
+        with open(self.path / INDEX, newline="", encoding="utf-8") as f:
+            return [row["item"] for row in csv.DictReader(f)]
+
+    @property
+    def n(self) -> int:
+        return int(self.manifest["n"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def has_labels(self) -> bool:
+        return bool((self.labels >= 0).any())
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest.get("classes", []))
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    manifest = Path(path) / MANIFEST
+    return manifest.exists() and bool(read_json(manifest).get("complete"))
+
+
+def write_index(path: Path, items: Sequence[str]) -> None:
+    with atomic_path(path / INDEX) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["row", "item"])
+            w.writerows(enumerate(items))
+
+
+def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
+    with atomic_path(path / SKIPPED) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["item", "reason"])
+            w.writerows(skipped)
+
+
+def write_store(
+    path: str | os.PathLike,
+    features: np.ndarray,
+    labels: np.ndarray,
+    items: Sequence[str],
+    manifest: dict[str, Any],
+    skipped: Sequence[tuple[str, str]] = (),
+) -> FeatureStore:
+    """Write an in-memory feature set as a complete store (manifest last)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    features = np.asarray(features)
+    if features.ndim != 2 or len(labels) != len(features) or len(items) != len(features):
+        raise ValueError("features must be (N, D) with N labels and N items")
+    save_npy(path / FEATURES, features)
+    save_npy(path / LABELS, np.asarray(labels, dtype=np.int64))
+    write_index(path, items)
+    write_skipped(path, skipped)
+    manifest = {
+        **manifest,
+        "n": int(features.shape[0]),
+        "dim": int(features.shape[1]),
+        "dtype": str(features.dtype),
+        "complete": True,
+    }
+    write_json(path / MANIFEST, manifest)
+    return FeatureStore(path=path, manifest=manifest)

@@ -1,0 +1,110 @@
+"""The configuration and the main job `nolabel run`, end to end on scikit-learn's digits."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nolabel.cli import main
+from nolabel.config import RunConfig, dump_config, load_config
+from nolabel.errors import NolabelError
+from nolabel.run import format_summary, run
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_config_defaults_yaml_and_overrides(tmp_path):
+    assert load_config() == RunConfig()
+    path = tmp_path / "c.yaml"
+    path.write_text("name: mine\nkmeans: {k: 20, spherical: true}\ndata: {train: digits, eval: [a, b]}\n")
+    cfg = load_config(path, ["kmeans.k=30", "pca.n_components=null", "model.weights=/x/y.pt"])
+    assert (cfg.name, cfg.kmeans.k, cfg.kmeans.spherical, cfg.pca.n_components) == ("mine", 30, True, None)
+    assert cfg.data.eval == ["a", "b"] and cfg.model.weights == "/x/y.pt"
+    assert load_config(None, [f"{k}" for k in []]) == RunConfig()
+    # the dumped YAML loads back to the same configuration
+    dumped = tmp_path / "d.yaml"
+    dumped.write_text(dump_config(cfg))
+    assert load_config(dumped) == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("kmeans.kk=3", "unknown key"),
+    ("kmeans.k=ten", "expected int"),
+    ("kmeans.k=0", "at least 1"),
+    ("extract.dtype=int8", "not one of"),
+    ("evaluate.mapping=best", "not one of"),
+    ("kmeans=3", "expected a mapping"),
+    ("k", "key=value"),
+    ("name=../up", "folder name"),
+])
+def test_config_errors_name_the_key(override, message):
+    with pytest.raises(NolabelError, match=message):
+        load_config(None, [override])
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(NolabelError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("kmeans: [1, 2")
+    with pytest.raises(NolabelError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_shipped_configs_are_valid():
+    configs = sorted(CONFIGS.glob("*.yaml"))
+    assert configs, "configs/ should ship presets"
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.name, path
+        text = path.read_text()
+        assert text.lstrip().startswith("#"), f"{path.name} should say what data and weights it needs"
+
+
+def _digits_config(**over):
+    overrides = ["name=t", "data.train=digits", "extract.image_size=32", "extract.batch_size=256",
+                 "pca.n_components=32", "baseline.image_size=8", "report=false"]
+    overrides += [f"{k}={v}" for k, v in over.items()]
+    return load_config(None, overrides)
+
+
+def test_run_end_to_end_then_resume_then_change_one_stage(tmp_path):
+    out = tmp_path / "run"
+    logs: list[str] = []
+    summary = run(_digits_config(), out, progress=False, log=logs.append)
+    assert json.loads((out / "summary.json").read_text())["rows"] == summary["rows"]
+    methods = [r["method"] for r in summary["rows"]]
+    assert methods[0].startswith("efficientnet_lite0") and methods[1].startswith("raw pixels")
+    for row in summary["rows"]:
+        m = row["sources"][0]["metrics"]
+        assert 0.3 < m["acc"] <= 1 and 0.2 < m["nmi"] <= 1
+    for path in ("config.yaml", "features/digits/manifest.json", "cluster/assignments.csv", "cluster/metrics.json",
+                 "cluster/centroids.npy", "cluster/pca.npz", "cluster/run.json", "baseline/cluster/metrics.json"):
+        assert (out / path).exists(), path
+    table = format_summary(summary)
+    assert "raw pixels" in table and "ACC" in table
+
+    features_mtime = (out / "features/digits/features.npy").stat().st_mtime_ns
+    logs.clear()
+    again = run(_digits_config(), out, progress=False, log=logs.append)
+    assert sum("up to date" in line for line in logs) == 4  # both extractions, both clusterings
+    assert again["rows"] == summary["rows"]
+
+    with pytest.raises(NolabelError, match="another configuration"):
+        run(_digits_config(**{"kmeans.k": 12}), out, progress=False, log=logs.append)
+    logs.clear()
+    changed = run(_digits_config(**{"kmeans.k": 12}), out, force=True, progress=False, log=logs.append)
+    assert (out / "features/digits/features.npy").stat().st_mtime_ns == features_mtime
+    assert sum("up to date" in line for line in logs) == 2  # features reused, clusterings redone
+    assert json.loads((out / "cluster/metrics.json").read_text())["_clustering"]["k"] == 12
+    assert yaml.safe_load((out / "config.yaml").read_text())["kmeans"]["k"] == 12
+    assert changed["rows"][0]["sources"][0]["metrics"] != summary["rows"][0]["sources"][0]["metrics"]
+
+
+def test_cli_run_prints_config_and_rejects_bad_overrides(tmp_path, capsys):
+    assert main(["run", "--set", "data.train=digits", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["train"] == "digits"
+    assert main(["run", "--set", "kmeans.k=-1", "--out", str(tmp_path / "r")]) == 2
+    assert "kmeans.k" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
