@@ -1,0 +1,272 @@
+"""The report's inline stylesheet and script (the page loads nothing from anywhere else).
+
+The script renders the cluster browser one page at a time from the JSON block `#cluster-data`, so
+a report of 1000 clusters keeps only one page of montages in the document and the browser fetches
+or decodes no other cluster's images. Every value from the data is set with `textContent` or as
+a style property, never parsed as HTML.
+"""
+
+CSS = """
+:root {
+  --ink: #111827; --muted: #6b7280; --faint: #9ca3af; --line: #e5e7eb; --bg: #f6f7f9;
+  --card: #ffffff; --accent: #2563eb; --accent-soft: #dbeafe; --good: #059669; --tile: 64px;
+}
+* { box-sizing: border-box; }
+[hidden] { display: none !important; }
+html { -webkit-text-size-adjust: 100%; }
+body { margin: 0; background: var(--bg); color: var(--ink);
+  font: 14px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+.wrap { max-width: 1240px; margin: 0 auto; padding: 0 28px; }
+header.top { background: #0f172a; color: #f8fafc; padding: 26px 0 22px; }
+header.top .brand { font-size: 12px; letter-spacing: .12em; text-transform: uppercase; color: #93c5fd; }
+header.top h1 { margin: 4px 0 2px; font-size: 26px; font-weight: 650; overflow-wrap: anywhere; }
+header.top .sub { margin: 0; color: #cbd5e1; font-size: 13px; overflow-wrap: anywhere; }
+.stats { display: flex; flex-wrap: wrap; gap: 10px; margin-top: 18px; }
+.stat { background: rgba(255,255,255,.07); border: 1px solid rgba(255,255,255,.12); border-radius: 8px;
+  padding: 8px 14px; min-width: 112px; }
+.stat .v { font-size: 20px; font-weight: 650; font-variant-numeric: tabular-nums; }
+.stat .k { font-size: 11px; color: #cbd5e1; text-transform: uppercase; letter-spacing: .06em; }
+nav.toc { display: flex; flex-wrap: wrap; gap: 4px 18px; padding-top: 14px; padding-bottom: 4px; font-size: 13px; }
+nav.toc a { color: var(--muted); text-decoration: none; }
+nav.toc a:hover { color: var(--accent); }
+section { margin: 22px 0 30px; }
+h2 { font-size: 18px; font-weight: 650; margin: 0 0 12px; padding-bottom: 6px; border-bottom: 1px solid var(--line); }
+h3 { font-size: 14px; font-weight: 600; margin: 0 0 8px; }
+.note { color: var(--muted); font-size: 12.5px; margin: 8px 0 0; max-width: 980px; }
+.warn { background: #fff7ed; border: 1px solid #fed7aa; color: #9a3412; border-radius: 6px; padding: 8px 12px;
+  font-size: 13px; margin: 0 0 12px; overflow-wrap: anywhere; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(270px, 1fr)); gap: 14px; }
+.card { background: var(--card); border: 1px solid var(--line); border-radius: 10px; padding: 14px 16px; }
+dl.kv { display: grid; grid-template-columns: max-content 1fr; gap: 3px 14px; margin: 0; font-size: 13px; }
+dl.kv dt { color: var(--muted); }
+dl.kv dd { margin: 0; overflow-wrap: anywhere; }
+.table-wrap { overflow-x: auto; background: var(--card); border: 1px solid var(--line); border-radius: 10px; }
+table.metrics { border-collapse: collapse; width: 100%; font-size: 13px; }
+table.metrics th, table.metrics td { padding: 7px 12px; text-align: left; border-bottom: 1px solid var(--line);
+  white-space: nowrap; }
+table.metrics tbody tr:last-child td { border-bottom: 0; }
+table.metrics th { font-size: 11.5px; color: var(--muted); font-weight: 600; background: #fafafa; }
+table.metrics th.group { text-align: center; border-bottom: 1px solid var(--line); }
+table.metrics td.num, table.metrics th.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.metrics td.best { font-weight: 650; }
+table.metrics td.data { white-space: normal; max-width: 280px; overflow-wrap: anywhere; }
+.figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(440px, 1fr)); gap: 14px;
+  justify-items: start; align-items: start; }
+figure.wide { grid-column: 1 / -1; }
+figure { max-width: 100%; margin: 0; background: var(--card); border: 1px solid var(--line); border-radius: 10px;
+  padding: 12px; }
+figure img { display: block; max-width: 100%; height: auto; }
+figcaption { color: var(--muted); font-size: 12px; margin-top: 6px; overflow-wrap: anywhere; }
+.controls { display: flex; flex-wrap: wrap; align-items: center; gap: 8px 16px; margin: 0 0 12px; font-size: 13px; }
+.controls label { color: var(--muted); }
+.controls select, .controls input, .pager button { font: inherit; font-size: 13px; padding: 4px 8px;
+  border: 1px solid #d1d5db; border-radius: 6px; background: #fff; color: var(--ink); }
+.controls input { width: 90px; }
+.pager { display: flex; align-items: center; gap: 6px; margin: 12px 0; }
+.pager button { cursor: pointer; min-width: 34px; }
+.pager button:disabled { color: var(--faint); cursor: default; }
+.pager .where { color: var(--muted); font-size: 13px; margin: 0 6px; }
+#cluster-list { display: flex; flex-direction: column; gap: 10px; }
+.cluster { display: grid; grid-template-columns: 230px 1fr; gap: 8px 18px; background: var(--card);
+  border: 1px solid var(--line); border-radius: 10px; padding: 12px 14px; }
+.cluster.flash { outline: 2px solid var(--accent); }
+.cluster .head { display: flex; align-items: baseline; gap: 8px; }
+.cluster .cid { font-weight: 700; font-size: 15px; }
+.cluster .size { color: var(--muted); font-size: 12.5px; }
+.cluster .mapped { margin-top: 4px; font-size: 13px; overflow-wrap: anywhere; }
+.cluster .mapped b { font-weight: 650; }
+.purity { display: flex; align-items: center; gap: 8px; margin-top: 6px; font-size: 12px; color: var(--muted); }
+.purity .bar { flex: 0 0 90px; height: 7px; border-radius: 4px; background: var(--line); overflow: hidden; }
+.purity .bar span { display: block; height: 100%; background: var(--good); }
+.cluster .top { margin-top: 4px; font-size: 12px; color: var(--muted); overflow-wrap: anywhere; }
+.cluster .spread { margin-top: 2px; font-size: 12px; color: var(--faint); }
+.montage { display: flex; flex-wrap: wrap; gap: 4px 18px; align-items: flex-start; min-width: 0; }
+.montage .group { min-width: 0; }
+.montage .label { font-size: 10.5px; color: var(--faint); text-transform: uppercase; letter-spacing: .06em;
+  margin-bottom: 3px; }
+.tiles { display: flex; flex-wrap: wrap; gap: 3px; }
+.tile { width: var(--tile); height: var(--tile); border-radius: 3px; background-color: #e2e5ea;
+  background-repeat: no-repeat; }
+.tile.pixelated { image-rendering: pixelated; }
+.tile.missing { background-image: none !important; }
+.noimages { color: var(--faint); font-size: 12.5px; }
+.cluster .meta { grid-row: span 2; min-width: 0; }
+details.names { grid-column: 2; font-size: 12px; color: var(--muted); }
+details.names summary { cursor: pointer; width: max-content; }
+details.names ol { margin: 4px 0 0; padding-left: 22px; columns: 3 260px; column-gap: 28px; }
+details.names li { overflow-wrap: anywhere; }
+details.block { background: var(--card); border: 1px solid var(--line); border-radius: 10px; padding: 10px 14px;
+  margin-bottom: 10px; }
+details.block summary { cursor: pointer; font-weight: 600; }
+pre { font: 12px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; overflow-x: auto;
+  margin: 8px 0 0; white-space: pre-wrap; overflow-wrap: anywhere; }
+footer { color: var(--faint); font-size: 12px; padding: 10px 0 40px; }
+@media (max-width: 760px) {
+  .cluster { grid-template-columns: 1fr; } .cluster .meta { grid-row: auto; } details.names { grid-column: 1; }
+  :root { --tile: 52px; }
+}
+"""
+
+JS = """
+(function () {
+  "use strict";
+  const data = JSON.parse(document.getElementById("cluster-data").textContent);
+  const list = document.getElementById("cluster-list");
+  const pagers = Array.from(document.querySelectorAll(".pager"));
+  const orderSelect = document.getElementById("cluster-order");
+  const classSelect = document.getElementById("cluster-class");
+  const findInput = document.getElementById("cluster-find");
+  const tilePx = parseInt(getComputedStyle(document.documentElement).getPropertyValue("--tile"), 10) || 64;
+  const state = { order: orderSelect.value, cls: "", page: 0 };
+
+  const orders = {
+    "class": (a, b) => (a.mapped_rank - b.mapped_rank) || (b.size - a.size) || (a.id - b.id),
+    "size": (a, b) => (b.size - a.size) || (a.id - b.id),
+    "small": (a, b) => (a.size - b.size) || (a.id - b.id),
+    "purity": (a, b) => (a.purity - b.purity) || (b.size - a.size) || (a.id - b.id),
+    "id": (a, b) => a.id - b.id,
+  };
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function percent(x) { return (100 * x).toFixed(x > 0.995 && x < 1 ? 1 : 0) + "%"; }
+
+  function visible() {
+    const shown = data.clusters.filter((c) => state.cls === "" || c.mapped === state.cls);
+    return shown.sort(orders[state.order]);
+  }
+
+  function tiles(c, kind) {
+    const box = el("div", "tiles");
+    c.tiles.forEach((t, i) => {
+      if (t.kind !== kind) return;
+      const tile = el("span", "tile");
+      tile.title = t.name;
+      tile.setAttribute("role", "img");
+      tile.setAttribute("aria-label", t.name);
+      if (!t.ok || !c.sprite) {
+        tile.classList.add("missing");
+      } else {
+        tile.style.backgroundImage = 'url("' + c.sprite + '")';
+        tile.style.backgroundSize = (c.tiles.length * tilePx) + "px " + tilePx + "px";
+        tile.style.backgroundPosition = (-i * tilePx) + "px 0";
+        if (c.tile_px < tilePx) tile.classList.add("pixelated");
+      }
+      box.appendChild(tile);
+    });
+    return box;
+  }
+
+  function card(c) {
+    const node = el("article", "cluster");
+    node.id = "cluster-" + c.id;
+    const meta = el("div", "meta");
+    const head = el("div", "head");
+    head.appendChild(el("span", "cid", "#" + c.id));
+    head.appendChild(el("span", "size", c.size.toLocaleString("en-US") + (c.size === 1 ? " image" : " images")));
+    meta.appendChild(head);
+    if (data.labelled) {
+      if (c.labelled > 0) {
+        const mapped = el("div", "mapped", "mapped to ");
+        mapped.appendChild(el("b", "", c.mapped));
+        meta.appendChild(mapped);
+        const purity = el("div", "purity");
+        const bar = el("div", "bar");
+        const fill = el("span");
+        fill.style.width = percent(c.purity);
+        bar.appendChild(fill);
+        purity.appendChild(bar);
+        purity.appendChild(el("span", "", percent(c.purity) + " pure"
+          + (c.majority !== c.mapped ? ", majority " + c.majority : "")));
+        meta.appendChild(purity);
+        const top = el("div", "top", c.top.map((t) => t[0] + ": " + t[1]).join(" \u00b7 "));
+        top.title = "labelled images per class";
+        meta.appendChild(top);
+      } else {
+        meta.appendChild(el("div", "mapped", "no labelled image"));
+      }
+    }
+    meta.appendChild(el("div", "spread", "mean distance to centre " + c.spread.toPrecision(3)));
+    node.appendChild(meta);
+
+    const montage = el("div", "montage");
+    if (!c.tiles.length) {
+      montage.appendChild(el("div", "noimages", data.images_note || "no images"));
+    }
+    [["typical", "closest to the centre"], ["random", "random members"]].forEach(([kind, title]) => {
+      if (!c.tiles.some((t) => t.kind === kind)) return;
+      const group = el("div", "group");
+      group.appendChild(el("div", "label", title));
+      group.appendChild(tiles(c, kind));
+      montage.appendChild(group);
+    });
+    node.appendChild(montage);
+
+    if (c.tiles.length) {
+      const names = el("details", "names");
+      names.appendChild(el("summary", "", "image names"));
+      const ol = el("ol");
+      c.tiles.forEach((t) => ol.appendChild(el("li", "", t.name + (t.kind === "random" ? " (random)" : ""))));
+      names.appendChild(ol);
+      node.appendChild(names);
+    }
+    return node;
+  }
+
+  function drawPager(pager, pages) {
+    pager.replaceChildren();
+    const go = (p) => () => { state.page = p; render(); document.getElementById("clusters").scrollIntoView(); };
+    const button = (text, page, label) => {
+      const b = el("button", "", text);
+      b.type = "button";
+      b.setAttribute("aria-label", label);
+      b.disabled = page < 0 || page >= pages || page === state.page;
+      b.addEventListener("click", go(page));
+      pager.appendChild(b);
+    };
+    button("\u00ab", 0, "first page");
+    button("\u2039", state.page - 1, "previous page");
+    pager.appendChild(el("span", "where", "page " + (state.page + 1) + " of " + pages));
+    button("\u203a", state.page + 1, "next page");
+    button("\u00bb", pages - 1, "last page");
+  }
+
+  function render() {
+    const shown = visible();
+    const pages = Math.max(1, Math.ceil(shown.length / data.page_size));
+    state.page = Math.min(state.page, pages - 1);
+    const start = state.page * data.page_size;
+    const slice = shown.slice(start, start + data.page_size);
+    list.replaceChildren(...slice.map(card));
+    document.getElementById("cluster-count").textContent = shown.length > data.page_size
+      ? "clusters " + (start + 1) + "\u2013" + (start + slice.length) + " of " + shown.length
+      : shown.length + (shown.length === 1 ? " cluster" : " clusters");
+    pagers.forEach((p) => { p.hidden = pages < 2; drawPager(p, pages); });
+  }
+
+  orderSelect.addEventListener("change", () => { state.order = orderSelect.value; state.page = 0; render(); });
+  if (classSelect) {
+    classSelect.addEventListener("change", () => { state.cls = classSelect.value; state.page = 0; render(); });
+  }
+  findInput.addEventListener("change", () => {
+    const id = parseInt(findInput.value, 10);
+    if (state.cls !== "" && !data.clusters.some((c) => c.id === id && c.mapped === state.cls)) {
+      state.cls = "";
+      if (classSelect) classSelect.value = "";
+    }
+    const at = visible().findIndex((c) => c.id === id);
+    if (at < 0) return;
+    state.page = Math.floor(at / data.page_size);
+    render();
+    const node = document.getElementById("cluster-" + id);
+    node.scrollIntoView({ block: "center" });
+    node.classList.add("flash");
+  });
+  render();
+})();
+"""

@@ -1,0 +1,138 @@
+"""Headless Chromium for tests that open HTML pages, and small real runs to render reports of.
+
+`chromium` is a session fixture: it installs the Debian packages `chromium` and `chromium-driver`
+when they are missing (as root, with apt-get), and skips with the reason otherwise. `open_page`
+gives a fresh selenium driver per test with the browser console log captured.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage"]
+APT_PACKAGES = ["chromium", "chromium-driver"]
+
+
+def _find_chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+def _apt_install() -> str | None:
+    """Install the packages; return why not, or None on success."""
+    if shutil.which("apt-get") is None:
+        return "apt-get is not available"
+    if os.geteuid() != 0:
+        return "installing them needs root"
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *APT_PACKAGES]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(install, capture_output=True, env=env).returncode == 0:
+        return None
+    subprocess.run(["apt-get", "update"], capture_output=True, env=env)
+    done = subprocess.run(install, capture_output=True, text=True, env=env)
+    return None if done.returncode == 0 else f"apt-get install failed: {done.stderr.strip()[-300:]}"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> tuple[str, str]:
+    """(chromium binary, chromedriver binary), installing them if needed and allowed."""
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install -e .[test])")
+    found = _find_chromium()
+    if found is None:
+        why = _apt_install()
+        found = _find_chromium()
+        if found is None:
+            pytest.skip(f"headless Chromium is needed to open the report: packages {' '.join(APT_PACKAGES)} "
+                        f"are missing and {why or 'did not provide chromium and chromedriver'}")
+    return found
+
+
+@pytest.fixture
+def open_page(chromium, tmp_path_factory):
+    """`open_page(path, width=1400, height=1000)` -> a selenium driver showing the file."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    drivers = []
+
+    def open_(path: Path, width: int = 1400, height: int = 1000):
+        options = webdriver.ChromeOptions()
+        options.binary_location = chromium[0]
+        for flag in CHROMIUM_FLAGS:
+            options.add_argument(flag)
+        options.add_argument(f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp())}")
+        options.add_argument(f"--window-size={width},{height}")
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=chromium[1]))
+        drivers.append(driver)
+        driver.get(Path(path).resolve().as_uri())
+        return driver
+
+    yield open_
+    for driver in drivers:
+        driver.quit()
+
+
+def console_errors(driver) -> list[str]:
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def full_page_screenshot(driver, path: Path, width: int = 1400, max_height: int = 6000) -> Path:
+    """Resize the window to the page's height (capped) and save a PNG."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(width, min(int(height) + 20, max_height))
+    driver.save_screenshot(str(path))
+    return path
+
+
+def cluster_run(run_dir: Path, stores, k: int, name: str = "test-run", method: str = "pixels + PCA + k-means",
+                pca_components: int = 16):
+    """A run folder as `nolabel run` lays it out: features/, cluster/ (the real pipeline), summary.json."""
+    from nolabel.config import KMeansConfig, PCAConfig
+    from nolabel.io import write_json
+    from nolabel.pipeline import cluster_stores
+
+    cluster_dir = run_dir / "cluster"
+    results = cluster_stores(stores[0], stores[1:], cluster_dir, pca=PCAConfig(n_components=pca_components),
+                             kmeans=KMeansConfig(k=k, max_iter=20), progress=False)
+    sources = []
+    for source_name, entry in results.items():
+        if source_name.startswith("_"):
+            continue
+        scored = entry.get("fit_on_eval")
+        sources.append({"name": source_name, "data": "?", "n": entry["n"],
+                        "metrics": {m: scored[m] for m in ("acc", "nmi", "ari", "ami")} if scored else None,
+                        "metrics_fit_on_train": entry.get("fit_on_train")})
+    for source, store in zip(sources, stores):
+        source["data"] = store.manifest["dataset"]
+    write_json(run_dir / "summary.json", {
+        "name": name, "folder": str(run_dir),
+        "rows": [{"method": method, "folder": str(cluster_dir), "sources": sources,
+                  "protocol": "hungarian mapping fitted on each evaluated set; NMI/AMI arithmetic"}],
+        "timings_seconds": {"features": 1.25, "cluster": 0.5}})
+    (run_dir / "config.yaml").write_text(f"name: {name}\nkmeans:\n  k: {k}\n", encoding="utf-8")
+    return run_dir
+
+
+def digits_run(run_dir: Path, k: int = 10, n_train: int = 1200) -> Path:
+    """Raw digits pixels, train = the first `n_train` images, eval = the rest; PCA 16 + k-means."""
+    from nolabel.data import load
+    from nolabel.store import write_store
+
+    ds = load("digits")
+    pixels = ds.images.reshape(len(ds), -1).astype(np.float32) / 255
+    manifest = {"dataset": "digits", "model": "pixels", "weights": None, "classes": ds.classes,
+                "transform": {"resize": 8, "crop": 8}, "seconds": 0.1, "images_per_second": 17970.0}
+    parts = {"digits": slice(0, n_train), "digits_eval": slice(n_train, len(ds))}
+    stores = [write_store(run_dir / "features" / folder, pixels[rows], ds.labels[rows], ds.item_names[rows],
+                          manifest) for folder, rows in parts.items()]
+    return cluster_run(run_dir, stores, k)

@@ -1,0 +1,292 @@
+"""The HTML report: rendered from small real runs (the real pipeline) and opened in headless Chromium."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from report_helpers import chromium, cluster_run, console_errors, digits_run, open_page  # noqa: F401
+
+from nolabel.cli import main as cli_main
+from nolabel.errors import NolabelError
+from nolabel.report import write_report
+from nolabel.report.collect import read_assignments
+from nolabel.report.montage import pick_members
+from nolabel.report.page import script_json
+from nolabel.store import write_store
+
+# File names a browser would run or render if the page pasted them in as markup (no "/" in a name).
+HOSTILE_NAMES = ['<img src=x onerror="window.pwned=1">.png', "<em class=injected>x<em>.png", 'a & "b".png']
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("digits-run")
+    digits_run(run_dir)
+    write_report(run_dir)
+    return run_dir
+
+
+def image_folder(root: Path, names: list[str], seed: int = 0) -> Path:
+    """Small RGB PNGs in three colour families, so k-means on their pixels finds three groups."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    for i, name in enumerate(names):
+        base = np.zeros(3)
+        base[i % 3] = 200
+        pixels = np.clip(base + rng.normal(0, 25, (12, 12, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / name)
+    return root
+
+
+def pixel_store(path: Path, spec: str):
+    """A feature store of a dataset's raw pixels, as the extractor would write it."""
+    from nolabel.data import load
+
+    ds = load(spec)
+    pixels = np.stack([np.asarray(ds[i][0].resize((8, 8)), np.float32).ravel() / 255 for i in range(len(ds))])
+    return write_store(path, pixels, ds.labels, ds.item_names,
+                       {"dataset": spec, "model": "pixels", "classes": ds.classes, "seconds": 0.01})
+
+
+def dom_text(driver) -> str:
+    return driver.execute_script("return document.body.textContent")
+
+
+def open_all_names(driver) -> None:
+    driver.execute_script("document.querySelectorAll('details').forEach(d => d.open = true)")
+
+
+# ---- browser tests --------------------------------------------------------------------------------
+
+def test_digits_report_in_chromium(digits, open_page, tmp_path):
+    report = digits / "report.html"
+    driver = open_page(report)
+    assert console_errors(driver) == []
+    metrics = json.loads((digits / "cluster" / "metrics.json").read_text())
+
+    rows = driver.execute_script(
+        "return Array.from(document.querySelectorAll('table.metrics tbody tr'))"
+        ".map(r => Array.from(r.cells).map(c => c.textContent))")
+    header = driver.execute_script(
+        "return Array.from(document.querySelectorAll('table.metrics th')).map(c => c.textContent)")
+    assert "ACC fit on eval" in header and "ACC fit on train" in header
+    by_source = {r[2]: dict(zip(header, r)) for r in rows}
+    assert set(by_source) == {"train", "digits_eval"}
+    for source, row in by_source.items():
+        assert row["ACC fit on eval"] == f"{metrics[source]['fit_on_eval']['acc']:.3f}"
+        assert row["NMI"] == f"{metrics[source]['fit_on_eval']['nmi']:.3f}"
+    assert by_source["digits_eval"]["ACC fit on train"] == f"{metrics['digits_eval']['fit_on_train']['acc']:.3f}"
+    assert "Hungarian" in driver.find_element("css selector", "#metrics .note").text
+
+    # every cluster: one card, 8 typical + 4 random tiles, all drawn from one sprite
+    cards = driver.find_elements("css selector", "#cluster-list .cluster")
+    assert len(cards) == 10
+    tiles = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#cluster-list .cluster')).map(c => ["
+        "c.id, c.querySelectorAll('.tile').length, c.querySelectorAll('.tile.missing').length,"
+        "getComputedStyle(c.querySelector('.tile')).backgroundImage.slice(0, 26), c.querySelector('.tile').title])")
+    assert sorted(t[0] for t in tiles) == [f"cluster-{i}" for i in range(10)]
+    assert all(n == 12 and missing == 0 and image.startswith('url("data:image/png;base64')
+               for _, n, missing, image, _ in tiles)
+
+    # the first tile of each cluster is its image closest to the centroid (smallest distance)
+    train = read_assignments(digits / "cluster" / "assignments.csv")["train"]
+    items = [r["item"] for r in csv.DictReader(open(digits / "features" / "digits" / "index.csv"))]
+    for card_id, _, _, _, first_name in tiles:
+        members = np.flatnonzero(train.cluster == int(card_id.split("-")[1]))
+        assert first_name == items[members[np.argmin(train.distance[members])]]
+
+    # purity and size shown per cluster, against a direct count
+    sizes = np.bincount(train.cluster, minlength=10)
+    shown = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#cluster-list .cluster')).map(c => ["
+        "c.id, c.querySelector('.size').textContent, c.querySelector('.purity').textContent])")
+    for card_id, size_text, purity_text in shown:
+        cluster = int(card_id.split("-")[1])
+        counts = np.bincount(train.label[train.cluster == cluster], minlength=10)
+        assert size_text == f"{sizes[cluster]} images"
+        assert purity_text.startswith(f"{100 * counts.max() / counts.sum():.0f}% pure")
+
+    figures = driver.execute_script(
+        "return Array.from(document.querySelectorAll('figure img')).map(i => [i.alt, i.naturalWidth > 100])")
+    assert ["confusion heatmap of train", True] in figures
+    assert ["confusion heatmap of digits_eval", True] in figures
+    assert ["cluster sizes of train", True] in figures
+    assert driver.find_elements("css selector", ".pager")[0].get_attribute("hidden") == "true"
+
+    shot = tmp_path / "digits-report.png"
+    driver.save_screenshot(str(shot))
+    assert 10_000 < shot.stat().st_size < 2_000_000
+
+
+def test_unlabelled_folder_with_html_names(tmp_path, open_page):
+    names = HOSTILE_NAMES + [f"plain-{i}.png" for i in range(15)]
+    folder = image_folder(tmp_path / "photos", names)
+    store = pixel_store(tmp_path / "run" / "features" / "photos", f"images:{folder}")
+    run_dir = cluster_run(tmp_path / "run", [store], k=3, pca_components=8)
+    report = write_report(run_dir)
+
+    html = report.read_text(encoding="utf-8")
+    assert "<em class=injected>" not in html and 'onerror="window.pwned' not in html
+    driver = open_page(report)
+    assert console_errors(driver) == []
+    open_all_names(driver)
+    text = dom_text(driver)
+    for name in HOSTILE_NAMES:
+        assert name in text  # shown as text, exactly as the file is named
+    assert driver.execute_script("return document.querySelectorAll('.injected, img[src=x]').length") == 0
+    assert driver.execute_script("return window.pwned === undefined")
+    assert f"images:{folder}" in text
+
+    # browse by cluster without labels: montages and sizes, no class columns, no heatmap, no table
+    cards = driver.find_elements("css selector", "#cluster-list .cluster")
+    assert len(cards) == 3
+    assert sum(int(c.find_element("css selector", ".size").text.split()[0]) for c in cards) == len(names)
+    assert driver.execute_script("return document.querySelectorAll('.tile:not(.missing)').length") == len(names)
+    assert driver.find_elements("css selector", ".mapped, .purity, #cluster-class, table.metrics, #confusion") == []
+    assert "No labels" in driver.find_element("css selector", "#metrics").text
+    driver.save_screenshot(str(tmp_path / "unlabelled-report.png"))
+
+
+def test_class_names_from_folders_are_escaped(tmp_path, open_page):
+    root = tmp_path / "classes"
+    classes = ["<em class=injected>cats<em>", 'dogs & "co"', "$x^{2$ birds"]  # the last breaks mathtext
+    for i, cls in enumerate(classes):
+        image_folder(root / cls, [f"{j}.png" for j in range(6)], seed=i)
+    store = pixel_store(tmp_path / "run" / "features" / "classes", f"folder:{root}")
+    run_dir = cluster_run(tmp_path / "run", [store], k=3, pca_components=8)
+    driver = open_page(write_report(run_dir))
+    assert console_errors(driver) == []
+    text = dom_text(driver)
+    assert all(cls in text for cls in classes)
+    assert driver.execute_script("return document.querySelectorAll('.injected').length") == 0
+    mapped = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#cluster-class option')).slice(1).map(o => o.value)")
+    shown = driver.execute_script(
+        "return Array.from(document.querySelectorAll('.mapped b')).map(b => b.textContent)")
+    assert sorted(mapped) == sorted(set(shown)) and set(shown) <= set(classes) and shown
+
+
+def test_thousand_clusters_paginate(tmp_path, open_page):
+    n, k = 2000, 1000
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(folder / f"{i:05d}.png")
+    features = rng.normal(size=(n, 16)).astype(np.float32)
+    from nolabel.data import load
+
+    ds = load(f"images:{folder}")
+    store = write_store(tmp_path / "run" / "features" / "many", features, ds.labels, ds.item_names,
+                        {"dataset": f"images:{folder}", "model": "random"})
+    run_dir = cluster_run(tmp_path / "run", [store], k=k, pca_components=16)
+
+    report = write_report(run_dir)
+    assert report.stat().st_size < 2_500_000  # one small sprite per cluster, ~2 KB each
+    folder_report = write_report(run_dir, out=run_dir / "lazy.html", max_embedded_bytes=0)
+    assert folder_report.stat().st_size < 600_000
+    sprites = sorted((run_dir / "lazy_files").glob("cluster-*.png"))
+    assert len(sprites) == k - int(np.sum(np.bincount(read_assignments(run_dir / "cluster" / "assignments.csv")
+                                                      ["train"].cluster, minlength=k) == 0))
+
+    for path in (report, folder_report):
+        driver = open_page(path)
+        assert console_errors(driver) == []
+        # only the first page of clusters is in the document
+        assert len(driver.find_elements("css selector", "#cluster-list .cluster")) == 50
+        assert driver.find_element("css selector", "#cluster-count").text.endswith(f"of {k}")
+        driver.find_element("css selector", ".pager button[aria-label='next page']").click()
+        ids = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#cluster-list .cluster')).map(c => c.id)")
+        assert len(ids) == 50 and "page 2 of 20" in driver.find_element("css selector", ".pager").text
+        # go to a cluster on another page
+        driver.execute_script("const f = document.getElementById('cluster-find'); f.value = '999';"
+                              "f.dispatchEvent(new Event('change'))")
+        assert driver.find_elements("css selector", "#cluster-999")
+        assert console_errors(driver) == []
+    urls = driver.execute_script(
+        "return Array.from(document.querySelectorAll('.tile')).map(t => getComputedStyle(t).backgroundImage)")
+    assert urls and all("lazy_files/cluster-" in u for u in urls if u != "none")
+    assert len({u for u in urls}) <= 50
+
+
+# ---- library and CLI ------------------------------------------------------------------------------
+
+def test_pick_members_takes_the_closest_then_random_others():
+    rng = np.random.default_rng(1)
+    cluster = rng.integers(0, 5, 300)
+    distance = rng.random(300)
+    from nolabel.report.collect import SourceAssignments
+
+    members = pick_members(SourceAssignments(cluster, distance, np.full(300, -1)), n_typical=4, n_random=3)
+    assert sorted(members) == sorted(set(cluster.tolist()))
+    for c, chosen in members.items():
+        rows = np.flatnonzero(cluster == c)
+        typical = [m.row for m in chosen if m.kind == "typical"]
+        drawn = [m.row for m in chosen if m.kind == "random"]
+        assert typical == rows[np.argsort(distance[rows])][:4].tolist()
+        assert len(drawn) == 3 and not set(drawn) & set(typical) and set(drawn) <= set(rows.tolist())
+
+
+def test_script_json_cannot_close_the_script_element():
+    value = {"name": "</script><script>alert(1)</script><!--", "amp": "a&b"}
+    text = script_json(value)
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == value
+
+
+def test_standalone_cluster_folder_and_cli(digits, tmp_path, capsys):
+    cluster_dir = digits / "cluster"
+    out = tmp_path / "page.html"
+    assert cli_main(["report", str(cluster_dir), "--out", str(out), "--random", "2"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    html = out.read_text(encoding="utf-8")
+    data = json.loads(re.search(r'id="cluster-data">(.*?)</script>', html, re.S).group(1))
+    assert len(data["clusters"]) == 10 and all(len(c["tiles"]) == 10 for c in data["clusters"])
+    assert "ACC fit on train" in html
+
+
+def test_overwrites_its_own_report_only(digits, tmp_path):
+    report = write_report(digits)  # a second time: replaces the first
+    assert report == digits / "report.html"
+    other = tmp_path / "notes.html"
+    other.write_text("<p>my notes</p>")
+    with pytest.raises(NolabelError, match="not a nolabel report"):
+        write_report(digits, out=other)
+    assert other.read_text() == "<p>my notes</p>"
+    write_report(digits, out=other, force=True)
+    assert "nolabel report" in other.read_text()
+
+
+def test_missing_dataset_still_renders(tmp_path):
+    folder = image_folder(tmp_path / "gone", [f"{i}.png" for i in range(9)])
+    store = pixel_store(tmp_path / "run" / "features" / "gone", f"images:{folder}")
+    run_dir = cluster_run(tmp_path / "run", [store], k=3, pca_components=8)
+    for image in folder.iterdir():
+        image.unlink()
+    folder.rmdir()
+    html = write_report(run_dir).read_text(encoding="utf-8")
+    assert "Montages left out: the dataset of train could not be loaded" in html
+    data = json.loads(re.search(r'id="cluster-data">(.*?)</script>', html, re.S).group(1))
+    assert [c["size"] for c in data["clusters"]] and all(c["tiles"] == [] for c in data["clusters"])
+
+
+def test_sweep_plots_and_training_curves_are_embedded(digits, tmp_path):
+    sweep = digits / "sweep"
+    sweep.mkdir(exist_ok=True)
+    Image.new("RGB", (40, 30), "white").save(sweep / "sweep_acc_vs_k.png")
+    (digits / "history.json").write_text(json.dumps([{"epoch": e, "loss": 2.0 / (e + 1), "acc": 0.1 * e}
+                                                     for e in range(5)]))
+    try:
+        html = write_report(digits, out=tmp_path / "r.html").read_text(encoding="utf-8")
+    finally:
+        (sweep / "sweep_acc_vs_k.png").unlink()
+        (digits / "history.json").unlink()
+    assert "<figcaption>sweep/sweep_acc_vs_k.png</figcaption>" in html
+    assert "<figcaption>training curves: history.json</figcaption>" in html
