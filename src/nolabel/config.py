@@ -34,8 +34,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "efficientnet_lite0"
-    weights: str | None = None
-    trust_checkpoint: bool = False
+    weights: str | None = None  # a file; published weights are named by `name` (e.g. resnet50.mocov2_800ep)
+    trust_checkpoint: bool = False  # allow checkpoints that need full unpickling (runs code from the file)
+    download: bool = False  # fetch the published weight named by `name` when it is not cached
 
 
 @dataclass

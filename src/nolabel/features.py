@@ -88,6 +88,7 @@ def extract(
     *,
     weights: str | None = None,
     allow_pickle: bool = False,
+    download: bool = False,
     options: ExtractOptions = ExtractOptions(),
     force: bool = False,
     progress: bool = True,
@@ -95,7 +96,8 @@ def extract(
     """Run `model` over `data` and write a complete FeatureStore at `out`.
 
     `data` is a dataset spec (see `nolabel datasets`) or a loaded dataset; `model` a registered
-    name (see `nolabel models`) or a Backbone. Returns the store; its `features` are (N, D) with
+    name (see `nolabel models`) or a Backbone; `download` lets a published weight named by `model`
+    be fetched from its URL when it is not cached. Returns the store; its `features` are (N, D) with
     N = images decoded successfully and D = the backbone's feature dimension.
     """
     out = Path(out)
@@ -105,16 +107,18 @@ def extract(
     dataset = load(data, on_bad_image=options.on_bad_image) if isinstance(data, str) else data
     if len(dataset) == 0:
         raise NolabelError(f"{dataset.spec}: the dataset holds no images")
-    backbone = create(model, weights=weights, allow_pickle=allow_pickle) if isinstance(model, str) else model
+    backbone = (create(model, weights=weights, allow_pickle=allow_pickle, download=download)
+                if isinstance(model, str) else model)
     device = _resolve_device(options.device)
     transform = backbone.eval_transform(options.image_size)
-    settings = _settings(dataset, backbone, transform, options)
+    dim = feature_dim(backbone, transform.image_size)
+    settings = _settings(dataset, backbone, transform, options, dim)
 
     partial = out / PARTIAL
     if distributed.is_main():
         if force and (out / MANIFEST).exists():
             (out / MANIFEST).unlink()
-        _prepare_partial(partial, settings, len(dataset), backbone.feature_dim, options.dtype, force)
+        _prepare_partial(partial, settings, len(dataset), dim, options.dtype, force)
     distributed.barrier()
 
     n_batches = -(-len(dataset) // options.batch_size)
@@ -136,7 +140,19 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _settings(dataset: ImageDataset, backbone: Backbone, transform, options: ExtractOptions) -> dict:
+def feature_dim(backbone: Backbone, image_size: int) -> int:
+    """D at this input size, by one dry forward: for most backbones `feature_dim`, but not for all
+    (raw pixels give 3*S*S; a timm model's pooled width is whatever its head-less forward returns)."""
+    with torch.inference_mode():
+        was_training = backbone.training
+        out = backbone.eval()(torch.zeros(1, 3, image_size, image_size))
+        backbone.train(was_training)
+    if out.ndim != 2:
+        raise NolabelError(f"{backbone.name}: expected (batch, D) features, got shape {tuple(out.shape)}")
+    return int(out.shape[1])
+
+
+def _settings(dataset: ImageDataset, backbone: Backbone, transform, options: ExtractOptions, dim: int) -> dict:
     """Everything that determines the features; a resume must match it exactly."""
     report = backbone.load_report
     return {
@@ -146,7 +162,7 @@ def _settings(dataset: ImageDataset, backbone: Backbone, transform, options: Ext
         "weights": getattr(report, "source", None),
         "weights_sha256": getattr(report, "sha256", None),
         "transform": transform.describe(),
-        "dim": backbone.feature_dim,
+        "dim": dim,
         "dtype": options.dtype,
         "precision": options.precision,
         "batch_size": options.batch_size,

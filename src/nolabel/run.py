@@ -117,7 +117,8 @@ def _extract_all(cfg: RunConfig, root: Path, specs: list[str], model: str, image
             continue
         log(f"{label}: {spec} through {model}")
         stores.append(extract(spec, model, folder, weights=weights, allow_pickle=cfg.model.trust_checkpoint,
-                              options=options, force=True, progress=progress))
+                              download=cfg.model.download and model == cfg.model.name, options=options,
+                              force=True, progress=progress))
     timings[label] = time.perf_counter() - t
     return stores
 
@@ -131,8 +132,7 @@ def _matching_store(folder: Path, spec: str, model: str, options: ExtractOptions
               "batch_size": options.batch_size}
     if any(m.get(k) != v for k, v in wanted.items()):
         return None
-    crop = m.get("transform", {}).get("crop")
-    if options.image_size is not None and crop is not None and crop != options.image_size:
+    if options.image_size is not None and m.get("transform", {}).get("image_size") != options.image_size:
         return None
     return existing
 

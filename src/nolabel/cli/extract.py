@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite a complete output folder")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow a checkpoint that needs full unpickling (runs code from the file)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch the published weight named by --model from its URL if it is not cached")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision, workers=args.workers, on_bad_image=args.on_bad_image,
     )
     store = extract(args.data, args.model, args.out, weights=args.weights,
-                    allow_pickle=args.trust_checkpoint, options=options, force=args.force,
+                    allow_pickle=args.trust_checkpoint, download=args.download, options=options, force=args.force,
                     progress=not args.quiet)
     from .. import distributed
 

@@ -47,6 +47,22 @@ def resnet18_cifar() -> Backbone:
     return Backbone("resnet18_cifar", body, 512, cifar, head_keys=("fc.",))
 
 
+# --------------------------------------------------------------------------- raw pixels
+
+class _Flatten(nn.Module):
+    """No parameters: the image itself, flattened - the raw-pixel baseline every table needs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+@register_model("pixels", feature_dim=3 * 32 * 32, input_size=32,
+                description="raw pixels in [0, 1], flattened: D = 3*S*S at crop size S (the baseline)")
+def pixels() -> Backbone:
+    unscaled = Preprocessing(32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), crop_fraction=1.0)
+    return Backbone("pixels", _Flatten(), 3 * 32 * 32, unscaled)
+
+
 # --------------------------------------------------------------------------- compact CNN for 28x28
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
