@@ -14,6 +14,13 @@ from ..errors import NolabelError
 # command name -> (module under nolabel.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "score cluster assignments against labels"),
+    "models": ("models", "list backbones and published self-supervised weights"),
+    "extract": ("extract", "extract backbone features over a dataset"),
+    "cluster": ("cluster", "PCA + k-means on features, assign and score"),
+    "sweep": ("sweep", "ablation over PCA dimensions, cluster counts and seeds"),
+    "run": ("run", "the main job: one configuration end to end"),
+    "report": ("report", "write the HTML report of a run"),
+    "datasets": ("datasets", "list dataset specs, or load one and summarise it"),
 }
 
 
