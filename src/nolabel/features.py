@@ -32,7 +32,7 @@ from tqdm import tqdm
 from . import __version__, distributed
 from .data import BadImageError, ImageDataset, load
 from .errors import NolabelError
-from .io import atomic_path, read_json, refuse_overwrite, save_npy, write_json
+from .io import atomic_path, read_json, refuse_overwrite, release_pages, save_npy, write_json
 from .models import Backbone, create
 from .store import FEATURES, LABELS, MANIFEST, FeatureStore, write_index, write_skipped
 
@@ -241,6 +241,7 @@ def _extract_batches(dataset, backbone, transform, partial, batches: range, opti
 
     def record(next_batch: int) -> None:
         features.flush()
+        release_pages(features)  # written pages are on disk now; don't let them pile up in RSS
         write_json(progress_file, {"next_batch": next_batch, "skipped": state["skipped"]})
 
     remaining = sum(len(b) for b in batch_indices)

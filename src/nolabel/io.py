@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import tempfile
 from pathlib import Path
@@ -80,3 +81,41 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_rows(X: np.ndarray, start: int, stop: int, dtype=np.float32) -> np.ndarray:
+    """A `dtype` copy of rows start:stop of X; for a memory-mapped X, the pages read are then
+    released from this process's resident set.
+
+    Streaming over a memory-mapped feature file would otherwise leave every page read resident: a
+    pass over ImageNet's 1.28M x 2048 float16 features adds 5 GB to the RSS. Released pages stay
+    in the OS page cache (shared, reclaimable), so reading them again costs no disk access.
+    """
+    rows = np.array(X[start:stop], dtype=dtype)
+    release_pages(X, start, stop)
+    return rows
+
+
+def release_pages(X: np.ndarray, start: int = 0, stop: int | None = None) -> None:
+    """madvise(DONTNEED) the mapped pages of rows start:stop of a memmap; a no-op otherwise.
+
+    Only for a whole-file memmap (X.base is the mmap itself, as np.load(mmap_mode=...) returns)
+    opened read-only or shared read-write: there dropped pages are refetched from the file or page
+    cache. Copy-on-write maps ("c") are left alone - dropping a page would drop a modification.
+    """
+    mm = getattr(X, "base", None)
+    if not isinstance(X, np.memmap) or not isinstance(mm, mmap.mmap) or X.mode == "c" or not hasattr(mm, "madvise"):
+        return
+    stop = X.shape[0] if stop is None else min(stop, X.shape[0])
+    if stop <= start:
+        return
+    row_bytes = X.strides[0]
+    # numpy maps from the offset rounded down to the allocation granularity
+    data_start = X.offset % mmap.ALLOCATIONGRANULARITY
+    first = data_start + start * row_bytes
+    last = data_start + stop * row_bytes
+    page = mmap.PAGESIZE
+    first -= first % page
+    last = min(len(mm), -(-last // page) * page)
+    if last > first:
+        mm.madvise(mmap.MADV_DONTNEED, first, last - first)

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..errors import NolabelError
+from ..io import read_rows
 from ._faiss import gpu_count, import_faiss
 from .pca import _check_2d, _is_int
 
@@ -175,7 +176,7 @@ class _Rows:
             yield c, start - self.first_row, self.load(start, stop)
 
     def load(self, start: int, stop: int) -> np.ndarray:
-        return self.normalized(np.ascontiguousarray(self.X[start:stop], dtype=np.float32))
+        return self.normalized(read_rows(self.X, start, stop, np.float32))
 
     def normalized(self, x: np.ndarray) -> np.ndarray:
         if not self.spherical:

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import NolabelError
-from ..io import atomic_path
+from ..io import atomic_path, read_rows
 
 DEFAULT_CHUNK_SIZE = 8192
 # Whitening divides by sqrt(explained_variance_ + WHITEN_EPS * explained_variance_[0]): the relative
@@ -168,7 +168,7 @@ class PCA:
         n = X.shape[0]
         starts = range(0, n, self.chunk_size)
         for start in tqdm(starts, desc=what, unit="chunk", disable=len(starts) <= PROGRESS_MIN_CHUNKS):
-            chunk = np.array(X[start:start + self.chunk_size], dtype=np.float64)  # a copy: shifted in place
+            chunk = read_rows(X, start, start + self.chunk_size, np.float64)  # a copy: shifted in place
             if not np.isfinite(chunk).all():
                 bad = start + int(np.flatnonzero(~np.isfinite(chunk).all(axis=1))[0])
                 raise NolabelError(f"{what}: row {bad} contains NaN or Inf; clean the features first")
