@@ -518,3 +518,22 @@ def test_cli_datasets_prints_table_and_summary(capsys):
     summary = capsys.readouterr().out
     assert summary.startswith("digits: 1797 images, 10 classes, array uint8 (1797, 8, 8)")
     assert "       178  0" in summary  # 178 zeros in load_digits
+
+
+def test_image_min_size_decodes_a_jpeg_at_reduced_scale_but_never_below_it(tmp_path):
+    folder = tmp_path / "imgs" / "a"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)).save(folder / "big.jpg", quality=90)
+    Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)).save(folder / "big.png")
+    ds = load(f"folder:{tmp_path / 'imgs'}")
+    jpeg, png = ds.item_names.index("a/big.jpg"), ds.item_names.index("a/big.png")
+    assert ds.image(jpeg).size == (500, 375) == ds[jpeg][0].size
+    assert ds.image(jpeg, min_size=128).size == (250, 188)  # 1/2 scale: both sides still >= 128
+    assert ds.image(jpeg, min_size=40).size == (63, 47)  # 1/8 scale
+    assert ds.image(jpeg, min_size=256).size == (500, 375)  # 1/2 would be too small
+    assert ds.image(png, min_size=40).size == (500, 375)  # only JPEG decoders can skip work
+    # the reduced decode is a faithful small version of the image
+    full = np.asarray(ds.image(jpeg).resize((63, 47), Image.Resampling.BILINEAR), dtype=float)
+    small = np.asarray(ds.image(jpeg, min_size=40), dtype=float)
+    assert np.abs(full - small).mean() < 12

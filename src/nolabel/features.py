@@ -201,7 +201,7 @@ class _Decoded(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            image, _ = self.dataset[i]
+            image = self.dataset.image(i, min_size=self.transform.resize_to)
         except BadImageError as e:
             return i, None, f"{e.reason}"
         return i, self.transform.to_uint8(image), None

@@ -57,10 +57,12 @@ def list_images(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def open_image(path: str | os.PathLike, *, border: int = 0) -> Image.Image:
+def open_image(path: str | os.PathLike, *, border: int = 0, min_size: int | None = None) -> Image.Image:
     """Fully decode the image file at `path` into RGB, EXIF orientation applied.
 
-    `border` pixels are cropped from every side after orientation. Raises `BadImageError` with the
+    `border` pixels are cropped from every side after orientation. `min_size`: a JPEG may be
+    decoded at a reduced scale that keeps both sides >= min_size (Pillow's draft mode), for callers
+    that will shrink it to that size anyway; other formats ignore it. Raises `BadImageError` with the
     reason when the file is empty, truncated, not an image, or not convertible to RGB.
     """
     if ImageFile.LOAD_TRUNCATED_IMAGES:
@@ -78,6 +80,8 @@ def open_image(path: str | os.PathLike, *, border: int = 0) -> Image.Image:
         raise BadImageError(path, "empty file (0 bytes)")
     try:
         with Image.open(path) as img:
+            if min_size and not border:
+                img.draft("RGB", (min_size, min_size))
             img.load()  # Image.open only reads the header; load() decodes every byte
             img = ImageOps.exif_transpose(img)
     except UnidentifiedImageError:
