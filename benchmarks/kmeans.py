@@ -36,6 +36,22 @@ def gaussian_mixture(n: int, d: int, components: int, seed: int) -> np.ndarray:
     return X
 
 
+def kmeans_plusplus_init(X: np.ndarray, k: int, seed: int, sample: int = 50_000) -> np.ndarray:
+    """k-means++ seeds drawn from a fixed random sample of X.
+
+    A spread-out start keeps every cluster non-empty, so the three implementations run the same
+    exact Lloyd iterations and their final objectives must agree; from k random points some
+    clusters empty out and each library re-seeds them its own way, after which the runs diverge
+    and their objectives can no longer be compared.
+    """
+    from sklearn.cluster import kmeans_plusplus
+
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(X), min(sample, len(X)), replace=False))
+    centers, _ = kmeans_plusplus(X[rows], k, random_state=seed)
+    return np.ascontiguousarray(centers, dtype=np.float32)
+
+
 def objective(faiss, X: np.ndarray, centroids: np.ndarray) -> float:
     """Exact sum of squared distances of every row to its nearest centroid (search by faiss, sum in float64)."""
     index = faiss.IndexFlatL2(X.shape[1])
@@ -82,7 +98,7 @@ def main() -> None:
     faiss = import_faiss(args.threads)
     t = time.perf_counter()
     X = gaussian_mixture(n, d, components=k, seed=0)
-    init = X[np.sort(np.random.default_rng(1).choice(n, k, replace=False))].copy()
+    init = kmeans_plusplus_init(X, k, seed=1)
     print(f"data {n} x {d}, k={k}, {iterations} iterations, {args.threads} thread(s) "
           f"(generated in {time.perf_counter() - t:.1f} s)", flush=True)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
+from distributed_helpers import SINGLE_THREAD_ENV, run_torchrun
+
 from nolabel.cli import main
 from nolabel.data import load
 from nolabel.errors import NolabelError
@@ -27,9 +28,7 @@ from nolabel.store import FeatureStore
 
 MODEL = "resnet18"
 SIZE = 32
-# One thread everywhere: a different thread count may change float reduction order, and these
-# tests demand bit-identical features across processes.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+ENV = SINGLE_THREAD_ENV
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +130,7 @@ def test_two_gloo_processes_equal_one(tmp_path, weights):
     assert _run(_script(single, weights, batch_size=50)).returncode == 0
     script = tmp_path / "extract_script.py"
     script.write_text(_script(sharded, weights, batch_size=50))
-    torchrun = Path(sys.executable).with_name("torchrun")
-    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                           "--master_port", str(_free_port()), str(script)],
-                          env=ENV, capture_output=True, text=True, timeout=300)
+    done = run_torchrun(script)
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = FeatureStore.open(single), FeatureStore.open(sharded)
     assert b.manifest["world_size"] == 2
@@ -203,11 +199,3 @@ def test_cli_extract_reports_bad_input_in_one_line(tmp_path, capsys):
     assert err.startswith("nolabel extract: error:") and "\n" not in err
     assert main(["extract", "--data", "digits", "--model", MODEL, "--out", str(tmp_path / "f"),
                  "--batch-size", "0"]) == 2
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

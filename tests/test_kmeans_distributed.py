@@ -1,17 +1,11 @@
 """Two gloo processes under torchrun give the same k-means as one process, bit for bit."""
-import os
-import socket
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
+from distributed_helpers import run_torchrun
 
 from nolabel.cluster import KMeans
 from nolabel.cluster.kmeans import CHUNK_SIZE
-
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 SCRIPT = textwrap.dedent("""
     import sys
@@ -30,12 +24,6 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_equal_one(tmp_path):
     rng = np.random.default_rng(0)
     n = 2 * CHUNK_SIZE + 5000  # three chunks: one for the first process, two for the second
@@ -43,11 +31,7 @@ def test_two_processes_equal_one(tmp_path):
     X = (centers[rng.integers(0, 15, n)] + rng.standard_normal((n, 8))).astype(np.float16)
     np.save(tmp_path / "x.npy", X)
     (tmp_path / "fit.py").write_text(SCRIPT)
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1")
-    run = subprocess.run([str(TORCHRUN), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                          "--master_port", str(free_port()), str(tmp_path / "fit.py"),
-                          str(tmp_path / "x.npy"), str(tmp_path / "out.npz")],
-                         env=env, timeout=120, capture_output=True, text=True)
+    run = run_torchrun(tmp_path / "fit.py", tmp_path / "x.npy", tmp_path / "out.npz", timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     result = np.load(tmp_path / "out.npz")
     assert int(result["world"]) == 2

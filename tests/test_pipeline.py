@@ -13,7 +13,7 @@ from nolabel.cli import main
 from nolabel.config import EvaluateConfig, KMeansConfig, PCAConfig
 from nolabel.errors import NolabelError
 from nolabel.pipeline import cluster_stores, is_done, stage_settings
-from nolabel.store import FeatureStore, write_store
+from nolabel.store import write_store
 from nolabel.sweep import sweep
 
 

@@ -22,7 +22,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -248,7 +247,6 @@ def _extract_batches(dataset, backbone, transform, partial, batches: range, opti
     bar = tqdm(total=remaining, unit="img", desc="extract", disable=not (progress and distributed.is_main()),
                dynamic_ncols=True, smoothing=0.1)
     last_record = time.monotonic()
-    b = first
     with torch.inference_mode(), autocast:
         for b, (rows, pixels, bad) in enumerate(loader, start=first):
             for i, reason in bad:
@@ -271,7 +269,6 @@ def _extract_batches(dataset, backbone, transform, partial, batches: range, opti
                 last_record = time.monotonic()
     record(batches.stop)
     bar.close()
-    del features
 
 
 def _finalize(out: Path, partial: Path, dataset, settings: dict, options, seconds: float) -> None:
