@@ -108,3 +108,23 @@ def test_cli_run_prints_config_and_rejects_bad_overrides(tmp_path, capsys):
     assert main(["run", "--set", "kmeans.k=-1", "--out", str(tmp_path / "r")]) == 2
     assert "kmeans.k" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_run_with_deepcluster_extracts_with_the_weights_it_trained(tmp_path):
+    from nolabel.io import sha256_file
+    from nolabel.store import FeatureStore
+
+    overrides = ["name=dc", "data.train=digits", "model.name=cnn28", "extract.image_size=28", "pca.n_components=16",
+                 "baseline.enabled=false", "report=false", "deepcluster.epochs=1", "deepcluster.k=20",
+                 "deepcluster.batch_size=64", "deepcluster.pca_dim=16"]
+    logs: list[str] = []
+    summary = run(load_config(None, overrides), tmp_path / "r", progress=False, log=logs.append)
+    checkpoint = tmp_path / "r" / "deepcluster" / "backbone.pt"
+    assert checkpoint.exists() and (tmp_path / "r" / "deepcluster" / "history.json").exists()
+    manifest = FeatureStore.open(tmp_path / "r" / "features" / "digits").manifest
+    assert manifest["weights_sha256"] == sha256_file(checkpoint)
+    assert summary["rows"][0]["method"] == "cnn28 (DeepCluster) + PCA + k-means"
+    assert summary["rows"][0]["sources"][0]["metrics"]["acc"] > 0.2
+    logs.clear()
+    run(load_config(None, overrides), tmp_path / "r", progress=False, log=logs.append)
+    assert sum("up to date" in line for line in logs) == 2  # training finished; features and clusters reused

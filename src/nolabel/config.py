@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .cluster.deepcluster import DeepClusterConfig
 from .errors import NolabelError
 
 
@@ -111,6 +112,8 @@ class RunConfig:
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    # optional: train the backbone first with DeepCluster (its `model` is model.name)
+    deepcluster: DeepClusterConfig | None = None
     report: bool = True
 
     def validate(self) -> "RunConfig":
@@ -189,6 +192,13 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin is list:
         items = value if isinstance(value, list) else [value]
         return [_coerce(args[0], v, key) for v in items]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise NolabelError(f"{key}: expected a list, got {value!r}")
+        types_ = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(types_) != len(value):
+            raise NolabelError(f"{key}: expected {len(types_)} values, got {len(value)}")
+        return tuple(_coerce(t, v, f"{key}[{i}]") for i, (t, v) in enumerate(zip(types_, value)))
     if hint is bool:
         if isinstance(value, bool):
             return value

@@ -23,7 +23,7 @@ from . import pipeline, store
 from .config import PCAConfig, RunConfig, dump_config
 from .errors import NolabelError
 from .features import ExtractOptions, extract
-from .io import write_json, write_text
+from .io import sha256_file, write_json, write_text
 
 SUMMARY_METRICS = ("acc", "nmi", "ari", "ami")
 
@@ -48,12 +48,15 @@ def run(cfg: RunConfig, out: str | os.PathLike | None = None, *, force: bool = F
 
     log(f"run folder: {out}")
     specs = [cfg.data.train, *cfg.data.eval]
-    stores = _extract_all(cfg, out / "features", specs, cfg.model.name, cfg.extract.image_size,
+    weights, trained_by = cfg.model.weights, ""
+    if cfg.deepcluster is not None:
+        weights, trained_by = _deepcluster_stage(cfg, out / "deepcluster", timings, progress, log), " (DeepCluster)"
+    stores = _extract_all(cfg, out / "features", specs, cfg.model.name, weights, cfg.extract.image_size,
                           timings, "features", progress, log)
     rows = [_cluster_stage(cfg, stores, out / "cluster", cfg.pca, timings, "cluster", progress, log,
-                           f"{cfg.model.name} + PCA + k-means")]
+                           f"{cfg.model.name}{trained_by} + PCA + k-means")]
     if cfg.baseline.enabled:
-        pixel_stores = _extract_all(cfg, out / "baseline" / "features", specs, "pixels",
+        pixel_stores = _extract_all(cfg, out / "baseline" / "features", specs, "pixels", None,
                                     cfg.baseline.image_size, timings, "baseline features", progress, log)
         rows.append(_cluster_stage(cfg, pixel_stores, out / "baseline" / "cluster", cfg.pca, timings,
                                    "baseline cluster", progress, log, "raw pixels + PCA + k-means"))
@@ -95,22 +98,40 @@ def _claim_folder(out: Path, cfg: RunConfig, force: bool) -> None:
     write_text(config_file, text)
 
 
+def _deepcluster_stage(cfg: RunConfig, folder: Path, timings: dict, progress: bool, log) -> str:
+    """Train cfg.model.name with DeepCluster on the train images; return the backbone checkpoint.
+
+    Resumes from its own per-epoch state; a finished training returns at once."""
+    from .cluster.deepcluster import train_deepcluster
+    from .data import load
+
+    t = time.perf_counter()
+    dataset = load(cfg.data.train, on_bad_image=cfg.data.on_bad_image)
+    if not hasattr(dataset, "images"):
+        raise NolabelError(f"{cfg.data.train}: DeepCluster trains on images held in memory (Fashion-MNIST, "
+                           "MNIST, digits, CIFAR, STL-10); this dataset is a folder of files")
+    log(f"deepcluster: {cfg.deepcluster.version} on {cfg.data.train}, {cfg.deepcluster.epochs} epochs")
+    result = train_deepcluster(dataset.images, folder, replace(cfg.deepcluster, model=cfg.model.name),
+                               labels=dataset.labels, show_progress=progress)
+    timings["deepcluster"] = time.perf_counter() - t
+    return str(result.checkpoint)
+
+
 def _slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_") or "data"
 
 
-def _extract_all(cfg: RunConfig, root: Path, specs: list[str], model: str, image_size: int | None,
-                 timings: dict, label: str, progress: bool, log) -> list[store.FeatureStore]:
+def _extract_all(cfg: RunConfig, root: Path, specs: list[str], model: str, weights: str | None,
+                 image_size: int | None, timings: dict, label: str, progress: bool, log) -> list[store.FeatureStore]:
     t = time.perf_counter()
     options = ExtractOptions(batch_size=cfg.extract.batch_size, image_size=image_size,
                              device=cfg.extract.device, dtype=cfg.extract.dtype,
                              precision=cfg.extract.precision, workers=cfg.extract.workers,
                              on_bad_image=cfg.data.on_bad_image)
-    weights = cfg.model.weights if model == cfg.model.name else None
     stores = []
     for spec in specs:
         folder = root / _slug(spec)
-        existing = _matching_store(folder, spec, model, options)
+        existing = _matching_store(folder, spec, model, weights, options)
         if existing is not None:
             log(f"{label}: {spec}: up to date ({existing.n} x {existing.dim})")
             stores.append(existing)
@@ -123,13 +144,16 @@ def _extract_all(cfg: RunConfig, root: Path, specs: list[str], model: str, image
     return stores
 
 
-def _matching_store(folder: Path, spec: str, model: str, options: ExtractOptions) -> store.FeatureStore | None:
+def _matching_store(folder: Path, spec: str, model: str, weights: str | None,
+                    options: ExtractOptions) -> store.FeatureStore | None:
     if not store.is_complete(folder):
         return None
     existing = store.FeatureStore.open(folder)
     m = existing.manifest
     wanted = {"dataset": spec, "model": model, "dtype": options.dtype, "precision": options.precision,
               "batch_size": options.batch_size}
+    if weights is not None and Path(weights).is_file():
+        wanted["weights_sha256"] = sha256_file(weights)
     if any(m.get(k) != v for k, v in wanted.items()):
         return None
     if options.image_size is not None and m.get("transform", {}).get("image_size") != options.image_size:

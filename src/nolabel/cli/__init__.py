@@ -13,14 +13,18 @@ from ..errors import NolabelError
 
 # command name -> (module under nolabel.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "evaluate": ("evaluate", "score cluster assignments against labels"),
+    "run": ("run", "the main job: one configuration end to end"),
+    "datasets": ("datasets", "list dataset specs, or load one and summarise it"),
     "models": ("models", "list backbones and published self-supervised weights"),
     "extract": ("extract", "extract backbone features over a dataset"),
     "cluster": ("cluster", "PCA + k-means on features, assign and score"),
     "sweep": ("sweep", "ablation over PCA dimensions, cluster counts and seeds"),
-    "run": ("run", "the main job: one configuration end to end"),
+    "pretrain": ("pretrain", "train a backbone from scratch with SimCLR (SCAN's pretext step)"),
+    "scan": ("scan", "SCAN: mine neighbours, train clustering heads, keep the lowest-loss head"),
+    "selflabel": ("selflabel", "self-labeling after SCAN on confident predictions"),
+    "deepcluster": ("deepcluster", "train a backbone with DeepCluster v1 or v2"),
+    "evaluate": ("evaluate", "score cluster assignments against labels"),
     "report": ("report", "write the HTML report of a run"),
-    "datasets": ("datasets", "list dataset specs, or load one and summarise it"),
 }
 
 
