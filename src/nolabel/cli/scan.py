@@ -1,0 +1,58 @@
+"""SCAN clustering: mine nearest neighbours, train clustering heads, keep the lowest-loss head.
+
+Heads only on frozen features (--features DIR, optionally --augmented DIR... with features of
+augmented views; fast, for large data and CPUs), or the whole network on images (--data SPEC --model
+NAME --weights FILE, e.g. from `nolabel pretrain simclr`). Writes neighbors.npy, scan.pt,
+probabilities.npy, predictions.npy and scan.json into --out; an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--features", metavar="DIR", help="feature folder (frozen mode)")
+    p.add_argument("--augmented", nargs="*", default=[], metavar="DIR",
+                   help="feature folders of augmented views of the same images (frozen mode)")
+    p.add_argument("--data", metavar="SPEC", help="dataset spec (whole-network mode)")
+    p.add_argument("--model", metavar="NAME", help="backbone (whole-network mode)")
+    p.add_argument("--weights", metavar="FILE", help="backbone checkpoint (whole-network mode)")
+    p.add_argument("--image-size", type=int, metavar="S")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--k", type=int, default=10, help="number of clusters")
+    p.add_argument("--neighbors", type=int, default=20, help="neighbours mined per image")
+    p.add_argument("--heads", type=int, default=10, help="heads trained together; the lowest-loss one is kept")
+    p.add_argument("--entropy-weight", type=float, default=5.0)
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3 frozen, 1e-4 whole network)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--hidden-dim", type=int, default=0, help="MLP heads with this hidden width (0: linear)")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="overwrite a finished result and start over")
+    p.add_argument("--quiet", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import distributed
+    from ..cluster.scan import ScanConfig, run_scan
+
+    distributed.init()
+    lr = args.lr if args.lr is not None else (1e-3 if args.features else 1e-4)
+    config = ScanConfig(n_clusters=args.k, n_heads=args.heads, entropy_weight=args.entropy_weight,
+                        epochs=args.epochs, batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay,
+                        hidden_dim=args.hidden_dim, seed=args.seed, bf16=args.bf16)
+    summary = run_scan(args.out, features=args.features, augmented=args.augmented, data=args.data, model=args.model,
+                       weights=args.weights, image_size=args.image_size, num_neighbors=args.neighbors,
+                       config=config, force=args.force, show_progress=not args.quiet)
+    if distributed.is_main():
+        best = summary["head_losses"][summary["best_head"]]
+        print(f"{args.out}: head {summary['best_head']} of {len(summary['head_losses'])} kept "
+              f"(SCAN loss {best['total']:.4f}, consistency {best['consistency']:.4f}, entropy {best['entropy']:.4f})")
+        if summary["neighbor_purity"] is not None:
+            print(f"neighbour purity (top {summary['num_neighbors']}): {summary['neighbor_purity']:.4f}")
+        if summary["metrics"]:
+            m = summary["metrics"]
+            print(f"ACC {m['acc']:.4f}  NMI {m['nmi']:.4f}  ARI {m['ari']:.4f}  AMI {m['ami']:.4f}")
+    return 0

@@ -1,0 +1,487 @@
+"""DeepCluster (Caron et al. 2018) and DeepCluster-v2 (Caron et al. 2020, in the SwAV paper).
+
+Both alternate two steps, once per epoch: cluster the network's own representation with k-means,
+then train the network for one epoch to predict those cluster assignments.
+
+**v1** (`version="v1"`), as the 2018 paper describes it:
+
+1. features of every image, network in eval mode, deterministic input (no augmentation);
+2. PCA to `min(pca_dim, D, N)` dimensions with whitening, then L2 normalisation of each row
+   (the paper's 256 assumes a 4096-d AlexNet/VGG feature; a compact network such as `cnn28` has
+   D = 128, so its PCA keeps all 128 dimensions and only decorrelates and whitens them: the
+   dimensions used are recorded as `pca_dim` in every epoch's history; whitening every dimension
+   also amplifies the weakest ones, and on Fashion-MNIST `pca_dim=32` clustered better);
+3. k-means with `k` clusters (nolabel's exact `KMeans`; empty clusters are re-seeded by splitting
+   the largest during the fit, and any still empty at the end are left out of the sampling);
+4. a fresh classifier layer `ReLU -> Linear(D, k)` (weights N(0, 0.01), zero bias) on top of the
+   backbone, re-initialised every epoch because cluster ids have no meaning across epochs;
+5. one epoch of SGD on the cross-entropy of the assignments, over images drawn *uniformly over the
+   non-empty clusters* (`uniform_cluster_sample`), each augmented (random resized crop + flip).
+   Uniform sampling is what stops a large cluster from swallowing the rest (the trivial solution).
+
+**v2** (`version="v2"`): a projection head maps backbone features to L2-normalised embeddings
+(`projection_dim`); a memory bank holds one embedding per image. Each epoch starts with spherical
+k-means on the bank, once per head (`heads`, different seeds), whose centroids become that head's
+*frozen* prototypes; the loss is the cross-entropy of `embedding @ prototypes.T / temperature`
+against the head's assignment, averaged over heads and over two augmented views. The embeddings of
+the first view refresh the bank as training passes over it, so the next epoch clusters the network's
+current embeddings at no extra forward pass (rows an `epoch_size` < N leaves unvisited keep older
+ones). The bank starts from one pass without augmentation, BatchNorm in training mode.
+
+Both log, per epoch, the NMI (arithmetic average) between this epoch's assignments and the previous
+epoch's (`nmi_vs_previous_epoch`, the stability curve of the v1 paper's Fig. 2; v2: head 0), the
+clusters left empty (`empty_clusters`; v2: summed over heads) and, when labels are given,
+ACC/NMI/AMI/ARI of the epoch's own k-cluster assignments against them (`vs_labels`, never used for
+training; with k > classes, ACC maps unmatched clusters to their majority class). A checkpoint is
+written after every epoch; a run resumes from it.
+
+Under torchrun the features are computed in shards and all-reduced, k-means all-reduces its
+sums and counts (bit-identical centroids for any number of processes), each process trains on its
+slice of every batch (DistributedDataParallel), and v2's bank rows are all-reduced at the epoch end.
+
+Outputs in `out_dir`: `backbone.pt` (nolabel checkpoint: `nolabel extract --model MODEL --weights
+DIR/backbone.pt` loads it; heads: v1 the last classifier layer, v2 the projection head and
+prototypes), `state.pt` (resumable state), `history.json`, `assignments.npy` (v1 (N,), v2
+(heads, N): the last epoch's clustering).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import distributed
+from ..augment import SimCLRAugment, to_float_images
+from ..errors import NolabelError
+from ..io import save_npy, write_json
+from ..metrics import evaluate, nmi
+from ..training import (TrainingState, cosine_lr, encode, network_input, progress, seeded_generator, set_lr,
+                        wrap_distributed)
+from .kmeans import KMeans
+from .pca import PCA
+
+VERSIONS = ("v1", "v2")
+SCHEDULES = ("constant", "cosine")
+# The classifier layer's initial weights, N(0, TOP_LAYER_STD^2): small, so a fresh layer starts near
+# uniform predictions over the new clusters.
+TOP_LAYER_STD = 0.01
+
+
+@dataclass
+class DeepClusterConfig:
+    """Hyper-parameters of `train_deepcluster`. `None` fields take the version's default."""
+
+    version: str = "v1"
+    model: str = "cnn28"
+    k: int = 100  # v1: k-means clusters (the paper overclusters: 10x the classes); v2: prototypes per head
+    heads: int = 3  # v2: clustering heads, each its own k-means run and frozen prototypes
+    epochs: int = 20
+    epoch_size: int | None = None  # images trained on per epoch (v1: drawn per cluster; v2: a random subset); None: N
+    batch_size: int = 256
+    lr: float = 0.05  # SGD with momentum; v1's paper value
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    schedule: str = "cosine"  # "constant" (the v1 paper) or "cosine" per step (better for short runs)
+    warmup_epochs: float = 0.0
+    pca_dim: int = 256  # v1: PCA components, clamped to min(pca_dim, D, N)
+    kmeans_iter: int | None = None  # None: 20 (v1), 10 (v2)
+    temperature: float = 0.1  # v2: softmax temperature of the prototype logits
+    projection_dim: int = 128  # v2: embedding size
+    image_size: int | None = None  # default: the backbone's input size
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    jitter_p: float | None = None  # None: 0 (v1: crops and flips only), 0.8 (v2: SwAV's colour distortion)
+    grayscale_p: float | None = None  # None: 0 (v1), 0.2 (v2)
+    bf16: bool = False
+    seed: int = 0
+
+    def resolved(self) -> "DeepClusterConfig":
+        """A copy with every version-dependent default filled in, validated."""
+        v1 = self.version == "v1"
+        filled = DeepClusterConfig(**{**asdict(self),
+                                      "kmeans_iter": (20 if v1 else 10) if self.kmeans_iter is None
+                                      else self.kmeans_iter,
+                                      "jitter_p": (0.0 if v1 else 0.8) if self.jitter_p is None else self.jitter_p,
+                                      "grayscale_p": (0.0 if v1 else 0.2) if self.grayscale_p is None
+                                      else self.grayscale_p})
+        filled.crop_scale, filled.jitter = tuple(filled.crop_scale), tuple(filled.jitter)
+        filled.validate()
+        return filled
+
+    def validate(self) -> None:
+        if self.version not in VERSIONS:
+            raise NolabelError(f"DeepCluster version must be one of {', '.join(VERSIONS)}, got {self.version!r}")
+        if self.schedule not in SCHEDULES:
+            raise NolabelError(f"DeepCluster schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        for name in ("k", "heads", "epochs", "batch_size", "pca_dim", "projection_dim"):
+            if getattr(self, name) < 1:
+                raise NolabelError(f"DeepCluster {name} must be a positive integer, got {getattr(self, name)}")
+        if self.k < 2:
+            raise NolabelError(f"DeepCluster needs k >= 2 clusters, got {self.k}")
+        if self.epoch_size is not None and self.epoch_size < self.batch_size:
+            raise NolabelError(f"DeepCluster epoch_size ({self.epoch_size}) must hold at least one batch "
+                               f"({self.batch_size})")
+        if self.kmeans_iter is not None and self.kmeans_iter < 1:
+            raise NolabelError(f"DeepCluster kmeans_iter must be positive, got {self.kmeans_iter}")
+        if self.lr <= 0 or self.temperature <= 0:
+            raise NolabelError(f"DeepCluster lr and temperature must be positive, got {self.lr} and {self.temperature}")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise NolabelError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+
+
+@dataclass
+class DeepClusterResult:
+    backbone: nn.Module
+    checkpoint: Path
+    assignments: np.ndarray  # the last epoch's clustering: v1 (N,), v2 (heads, N)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- the clustering step
+
+def pca_dimensions(pca_dim: int, n: int, d: int) -> int:
+    """Components v1's PCA keeps: the asked `pca_dim`, clamped to the feature dimension D and to N."""
+    return min(pca_dim, d, n)
+
+
+def cluster_features(features: np.ndarray, k: int, pca_dim: int = 256, max_iter: int = 20, n_init: int = 1,
+                     seed: int = 0) -> np.ndarray:
+    """v1's clustering step: PCA (whitened) to `pca_dimensions(pca_dim, N, D)`, L2 normalisation,
+    k-means. features (N, D) -> assignments int64 (N,). Also the evaluation protocol's final step."""
+    n, d = features.shape
+    reduced = PCA(pca_dimensions(pca_dim, n, d), whiten=True, l2_normalize=True).fit_transform(features)
+    return KMeans(k, n_init=n_init, max_iter=max_iter, seed=seed).fit(reduced).labels_
+
+
+def cluster_memory_bank(bank: np.ndarray, k: int, heads: int, max_iter: int = 10,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """v2's clustering step: spherical k-means on the bank (N, d), once per head with its own seed.
+
+    Under torchrun every process passes the full bank; `KMeans` shares the rows out and all-reduces
+    the sums and counts, so the result is bit-identical to one process's.
+    Returns (prototypes float32 (heads, k, d), L2-normalised; assignments int64 (heads, N)).
+    """
+    prototypes, assignments = [], []
+    for head in range(heads):
+        km = KMeans(k, max_iter=max_iter, spherical=True, seed=seed + head).fit(bank)
+        prototypes.append(km.cluster_centers_)
+        assignments.append(km.labels_)
+    return np.stack(prototypes), np.stack(assignments)
+
+
+def gather_rows(local: torch.Tensor, rows: np.ndarray | range, n: int) -> torch.Tensor:
+    """Every process's rows into one (n, ...) tensor in every process (all-reduce of zero-filled copies)."""
+    full = torch.zeros((n, *local.shape[1:]), dtype=local.dtype)
+    full[torch.as_tensor(np.asarray(rows), dtype=torch.int64)] = local
+    return distributed.all_reduce_sum(full)
+
+
+def uniform_cluster_sample(assignments: np.ndarray, n_samples: int, generator: torch.Generator) -> np.ndarray:
+    """Indices of `n_samples` images drawn uniformly over the non-empty clusters, shuffled.
+
+    Every non-empty cluster gets n_samples // (non-empty clusters) draws, the remainder going one
+    each to randomly chosen clusters, so counts differ by at most one. Within a cluster, draws go
+    through random permutations of its members, one after another, so a cluster smaller than its
+    share repeats every member equally often (to within one) and a larger one repeats none.
+    """
+    assignments = np.asarray(assignments)
+    clusters = np.unique(assignments)
+    members = np.argsort(assignments, kind="stable")
+    starts = np.searchsorted(assignments[members], clusters)
+    sizes = np.bincount(assignments)[clusters]
+    per_cluster = np.full(len(clusters), n_samples // len(clusters))
+    extra = torch.randperm(len(clusters), generator=generator)[:n_samples % len(clusters)].numpy()
+    per_cluster[extra] += 1
+    picked = []
+    for start, size, count in zip(starts, sizes, per_cluster):
+        if count == 0:
+            continue
+        repeats = -(-count // size)  # whole permutations of the cluster, then truncated
+        order = torch.cat([torch.randperm(int(size), generator=generator) for _ in range(repeats)])[:count]
+        picked.append(members[start + order.numpy()])
+    sample = np.concatenate(picked)
+    return sample[torch.randperm(len(sample), generator=generator).numpy()]
+
+
+# --------------------------------------------------------------------------- the networks
+
+class _Classifier(nn.Module):
+    """v1: backbone -> ReLU -> Linear(D, k) (the ReLU the paper removes for clustering, kept for training)."""
+
+    def __init__(self, backbone: nn.Module, top_layer: nn.Linear):
+        super().__init__()
+        self.backbone, self.top_layer = backbone, top_layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.top_layer(F.relu(self.backbone(x)))
+
+
+class _Embedder(nn.Module):
+    """v2: backbone -> projection head -> L2-normalised embedding."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.backbone(x)).float(), dim=1)
+
+
+def _fresh_top_layer(in_dim: int, k: int, generator: torch.Generator) -> nn.Linear:
+    layer = nn.Linear(in_dim, k)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(k, in_dim, generator=generator) * TOP_LAYER_STD)
+        layer.bias.zero_()
+    return layer
+
+
+def _encode_sharded(network, images: np.ndarray, prepare, bf16: bool, show_progress: bool) -> np.ndarray:
+    """network over all images (in eval mode if it is a module), each process encoding its share,
+    all-reduced -> (N, D)."""
+    rows = distributed.shard(len(images))
+    local = encode(network, images[rows.start:rows.stop], prepare, bf16=bf16, show_progress=show_progress)
+    return gather_rows(torch.from_numpy(local), rows, len(images)).numpy()
+
+
+# --------------------------------------------------------------------------- training
+
+def train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClusterConfig | None = None,
+                      labels: np.ndarray | None = None, show_progress: bool = True,
+                      max_seconds: float | None = None) -> DeepClusterResult:
+    """Train `config.model` from scratch with DeepCluster v1 or v2 on uint8 images (N, H, W[, 3]).
+
+    Resumes from `out_dir/state.pt` when it exists (a finished run returns at once). `labels` (N,),
+    -1 where unknown, only feed the per-epoch metrics, never the training. `max_seconds`: do not
+    start an epoch that would end (judging by the last epoch's duration) more than `max_seconds`
+    after this call began; a later call resumes from there.
+    """
+    from ..models import create, save_checkpoint
+    from ..pretrain.simclr import ProjectionHead
+
+    config = (config or DeepClusterConfig()).resolved()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = len(images)
+    if n < max(config.batch_size, config.k):
+        raise NolabelError(f"{n} images are fewer than one batch ({config.batch_size}) or than k ({config.k}); "
+                           "lower --batch-size or --k")
+    started = time.perf_counter()
+    distributed.init()
+    generator = seeded_generator(config.seed)
+    backbone = create(config.model, pretrained=False)
+    backbone.to(memory_format=torch.channels_last)
+    size = config.image_size or backbone.input_size
+    prepare = network_input(backbone, size)
+    augment = SimCLRAugment(size, scale=config.crop_scale, flip_p=config.flip_p, brightness=config.jitter[0],
+                            contrast=config.jitter[1], saturation=config.jitter[2], hue=config.jitter[3],
+                            jitter_p=config.jitter_p, grayscale_p=config.grayscale_p)
+    v2 = config.version == "v2"
+    modules: dict[str, nn.Module] = {"backbone": backbone}
+    if v2:
+        modules["head"] = ProjectionHead(backbone.feature_dim, backbone.feature_dim, config.projection_dim)
+        embedder = _Embedder(backbone, modules["head"])
+    params = [p for m in modules.values() for p in m.parameters()]
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+    state_file = TrainingState(out_dir / "state.pt")
+    history: list[dict[str, Any]] = []
+    start_epoch, assignments, previous, bank, top_layer = 0, None, None, None, None
+    state = state_file.load()
+    if state is not None:
+        saved = state.get("config", {})
+        if (saved.get("model"), saved.get("version")) != (config.model, config.version):
+            raise NolabelError(f"{state_file.path} holds a DeepCluster {saved.get('version')} run of "
+                               f"{saved.get('model')!r}, not {config.version} of {config.model!r}; "
+                               "use another --out or delete it")
+        TrainingState.restore(state, modules, optimizer, generator)
+        start_epoch, history = state["epoch"], list(state["history"])
+        assignments = state["assignments"].numpy()
+        previous = assignments[0] if v2 else assignments
+        bank = state.get("bank")
+    if v2 and bank is None:
+        bank = torch.from_numpy(_initial_bank(embedder, images, prepare, config.bf16, show_progress))
+
+    epoch_size = min(config.epoch_size or n, n)
+    steps_per_epoch = epoch_size // config.batch_size
+    total_steps = steps_per_epoch * config.epochs
+    local = distributed.shard(config.batch_size)
+    checkpoint = out_dir / "backbone.pt"
+    known = None if labels is None else np.flatnonzero(np.asarray(labels) >= 0)
+
+    for epoch in range(start_epoch, config.epochs):
+        epoch_start = time.perf_counter()
+        if max_seconds is not None and history and \
+                epoch_start - started + history[-1]["seconds"] > max_seconds:
+            break
+        record: dict[str, Any] = {"epoch": epoch + 1}
+        # 1. Cluster the current representation.
+        if v2:
+            prototypes, assignments = cluster_memory_bank(bank.numpy(), config.k, config.heads, config.kmeans_iter,
+                                                          seed=config.seed * 1000 + epoch * config.heads)
+            prototypes = torch.from_numpy(prototypes)
+            targets = torch.from_numpy(assignments)
+            current = assignments[0]
+            order = torch.randperm(n, generator=generator)[:epoch_size]
+            record["empty_clusters"] = int(sum(config.k - len(np.unique(a)) for a in assignments))
+        else:
+            features = _encode_sharded(backbone, images, prepare, config.bf16, show_progress)
+            record["pca_dim"] = pca_dimensions(config.pca_dim, n, features.shape[1])
+            assignments = cluster_features(features, config.k, config.pca_dim, config.kmeans_iter,
+                                           seed=config.seed * 1000 + epoch)
+            current = assignments
+            targets = torch.from_numpy(assignments)
+            record["empty_clusters"] = int(config.k - len(np.unique(assignments)))
+            order = torch.from_numpy(uniform_cluster_sample(assignments, epoch_size, generator))
+            top_layer = _fresh_top_layer(backbone.feature_dim, config.k, generator)
+            top_optimizer = torch.optim.SGD(top_layer.parameters(), lr=config.lr, momentum=config.momentum,
+                                            weight_decay=config.weight_decay)
+        record["cluster_seconds"] = time.perf_counter() - epoch_start
+        record["nmi_vs_previous_epoch"] = None if previous is None else nmi(current, previous)
+        if known is not None and len(known):
+            scores = evaluate(current[known], np.asarray(labels)[known])
+            record["vs_labels"] = {key: scores[key] for key in ("acc", "acc_majority", "nmi", "ami", "ari")}
+        previous = current
+
+        # 2. One epoch of training on the assignments.
+        model = wrap_distributed(embedder if v2 else _Classifier(backbone, top_layer))
+        model.train()
+        fresh_rows, fresh_embeddings = [], []
+        losses = []
+        bar = progress(range(steps_per_epoch), total=steps_per_epoch,
+                       desc=f"deepcluster-{config.version} {epoch + 1}/{config.epochs}", enabled=show_progress)
+        for step in bar:
+            global_step = epoch * steps_per_epoch + step
+            lr = config.lr if config.schedule == "constant" else cosine_lr(
+                config.lr, global_step, total_steps, round(config.warmup_epochs * steps_per_epoch))
+            set_lr(optimizer, lr)
+            batch = order[step * config.batch_size:(step + 1) * config.batch_size][local.start:local.stop]
+            x = to_float_images(images[batch.numpy()])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                if v2:
+                    z = model(torch.cat([prepare(augment(x, generator)), prepare(augment(x, generator))]))
+                else:
+                    logits = model(prepare(augment(x, generator)))
+            if v2:
+                logits = torch.einsum("bd,hkd->hbk", z, prototypes) / config.temperature
+                y = targets[:, batch].repeat(1, 2)
+                loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+                fresh_rows.append(batch)
+                fresh_embeddings.append(z[:len(batch)].detach())
+            else:
+                loss = F.cross_entropy(logits.float(), targets[batch])
+                set_lr(top_optimizer, lr)
+                top_optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if not v2:
+                top_optimizer.step()
+            losses.append(loss.item())
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.4f}")
+        if v2:
+            bank = _refresh_bank(bank, fresh_rows, fresh_embeddings)
+        record.update(loss=float(np.mean(losses)), lr=lr, seconds=time.perf_counter() - epoch_start)
+        history.append(record)
+
+        # 3. Checkpoint.
+        heads = ({"projection": modules["head"], "prototypes": _Prototypes(prototypes)} if v2
+                 else {"top_layer": top_layer})
+        extra = {"assignments": torch.from_numpy(np.asarray(assignments)), "config": _json_config(config)}
+        if v2:
+            extra["bank"] = bank
+        if distributed.is_main():
+            print(f"deepcluster-{config.version}: {_format_record(record)}", flush=True)
+            save_checkpoint(backbone, checkpoint, heads=heads,
+                            meta={"method": f"deepcluster-{config.version}", "epoch": epoch + 1,
+                                  "config": _json_config(config)})
+            save_npy(out_dir / "assignments.npy", np.asarray(assignments))
+            write_json(out_dir / "history.json", history)
+        state_file.save(epoch + 1, modules, optimizer, generator, history, **extra)
+        distributed.barrier()
+    if not checkpoint.exists() and distributed.is_main():  # a finished run resumed after its checkpoint was removed
+        save_checkpoint(backbone, checkpoint, meta={"method": f"deepcluster-{config.version}",
+                                                    "epoch": config.epochs, "config": _json_config(config)})
+    backbone.eval()
+    return DeepClusterResult(backbone, checkpoint, np.asarray(assignments), history, time.perf_counter() - started)
+
+
+def _initial_bank(embedder: nn.Module, images: np.ndarray, prepare, bf16: bool, show_progress: bool) -> np.ndarray:
+    """v2's first bank: the embeddings of the unaugmented images with BatchNorm in training mode.
+
+    Training embeds with batch statistics; an untrained network's running statistics are still
+    their defaults (mean 0, variance 1), so an eval-mode pass would give embeddings of another
+    distribution than the ones that replace them, and the first clusterings would mix the two.
+    The pass also moves the running statistics towards the data's, as training would.
+    """
+    embedder.train()
+    return _encode_sharded(lambda x: embedder(x), images, prepare, bf16, show_progress)
+
+
+class _Prototypes(nn.Module):
+    """v2's frozen prototypes (heads, k, d), as a module so they travel in the checkpoint's heads."""
+
+    def __init__(self, prototypes: torch.Tensor):
+        super().__init__()
+        self.register_buffer("prototypes", prototypes)
+
+
+def _refresh_bank(bank: torch.Tensor, rows: list[torch.Tensor], embeddings: list[torch.Tensor]) -> torch.Tensor:
+    """Write this epoch's embeddings into the bank; under torchrun, every process's rows.
+
+    Rows no batch visited (the last partial batch is dropped) keep their previous embedding.
+    """
+    rows_t, fresh = torch.cat(rows), torch.cat(embeddings).float()
+    written = torch.zeros(len(bank), dtype=torch.float32)
+    written[rows_t] = 1.0
+    update = torch.zeros_like(bank)
+    update[rows_t] = fresh
+    distributed.all_reduce_sum(written)
+    distributed.all_reduce_sum(update)
+    visited = written > 0
+    bank = bank.clone()
+    bank[visited] = update[visited]
+    return bank
+
+
+def _json_config(config: DeepClusterConfig) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def _format_record(record: dict[str, Any]) -> str:
+    parts = []
+    for key, value in record.items():
+        if isinstance(value, dict):
+            parts.append(f"{key} " + "/".join(f"{k} {v:.3f}" for k, v in value.items()))
+        elif isinstance(value, float):
+            parts.append(f"{key} {value:.4g}")
+        else:
+            parts.append(f"{key} {value}")
+    return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def evaluate_backbone(backbone: nn.Module, images: np.ndarray, labels: np.ndarray, k: int, pca_dim: int = 256,
+                      n_init: int = 1, max_iter: int = 50, seed: int = 0, image_size: int | None = None,
+                      bf16: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """The evaluation protocol: the trained backbone's eval-mode features -> v1's clustering step
+    (whitened PCA, L2, k-means) with `k` clusters -> metrics against the labelled images (label >= 0;
+    mappings fitted on the evaluated images themselves, hungarian and majority).
+
+    Returns (assignments int64 (N,), metrics dict of `nolabel.metrics.evaluate`).
+    """
+    features = _encode_sharded(backbone, images, network_input(backbone, image_size), bf16, show_progress=False)
+    assignments = cluster_features(features, k, pca_dim, max_iter=max_iter, n_init=n_init, seed=seed)
+    known = np.flatnonzero(np.asarray(labels) >= 0)
+    if len(known) == 0:
+        raise NolabelError("no image has a label (all are -1): nothing to evaluate against")
+    return assignments, evaluate(assignments[known], np.asarray(labels)[known])

@@ -1,0 +1,122 @@
+"""Nearest-neighbour mining for SCAN: the top-K cosine neighbours of every feature vector.
+
+Features are L2-normalised chunk by chunk and searched with faiss inner-product indexes, in chunks
+on both sides: the database is indexed `db_chunk` rows at a time and every query chunk keeps a
+running top-K, so memory stays at O(db_chunk * D + query_chunk * K) whatever N is (ImageNet's
+1.28M x 2048 features never sit in RAM or GPU memory at once; a memory-mapped feature file works).
+A GPU is used when faiss has one (`gpu=None`), each chunk sized to fit it.
+
+    neighbors = mine_neighbors(features, k=20)           # int64 (N, 20), self excluded
+    neighbor_purity(neighbors, labels)                    # share of neighbours with the anchor's label
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import NolabelError
+from ..io import save_npy
+from ._faiss import gpu_count, import_faiss
+
+
+def _normalized(features: np.ndarray, start: int, stop: int) -> np.ndarray:
+    x = np.ascontiguousarray(features[start:stop], dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def mine_neighbors(features: np.ndarray, k: int = 20, *, query_chunk: int = 65_536, db_chunk: int = 262_144,
+                   gpu: bool | None = None, threads: int | None = None, show_progress: bool = False) -> np.ndarray:
+    """Indices (N, k) int64 of each row's k most cosine-similar other rows, most similar first.
+
+    features: (N, D), any float dtype, may be a memmap. The row itself is excluded (an exact
+    duplicate of it may appear). gpu: None = use one when faiss sees one.
+    """
+    features = np.asarray(features) if not isinstance(features, np.memmap) else features
+    if features.ndim != 2:
+        raise NolabelError(f"features must be a (N, D) array, got shape {features.shape}")
+    n, d = features.shape
+    if not 1 <= k < n:
+        raise NolabelError(f"k must be between 1 and N - 1 = {n - 1}, got {k}")
+    faiss = import_faiss(threads)
+    use_gpu = gpu_count(faiss) > 0 if gpu is None else gpu
+    if use_gpu and gpu_count(faiss) == 0:
+        raise NolabelError("gpu=True but faiss sees no GPU (is faiss-gpu installed?)")
+    resources = faiss.StandardGpuResources() if use_gpu else None
+    want = k + 1  # the row itself comes back too
+    best_sim = np.full((n, want), -np.inf, dtype=np.float32)
+    best_idx = np.full((n, want), -1, dtype=np.int64)
+
+    db_starts = range(0, n, db_chunk)
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        db_starts = tqdm(db_starts, desc="neighbours (database chunks)", leave=False)
+    for db_start in db_starts:
+        db_stop = min(n, db_start + db_chunk)
+        index = faiss.IndexFlatIP(d)
+        if resources is not None:
+            index = faiss.index_cpu_to_gpu(resources, 0, index)
+        index.add(_normalized(features, db_start, db_stop))
+        search_k = min(want, db_stop - db_start)
+        for q_start in range(0, n, query_chunk):
+            q_stop = min(n, q_start + query_chunk)
+            sim, idx = index.search(_normalized(features, q_start, q_stop), search_k)
+            idx = idx + db_start
+            # Merge with the running top-k of this query chunk.
+            all_sim = np.concatenate([best_sim[q_start:q_stop], sim], axis=1)
+            all_idx = np.concatenate([best_idx[q_start:q_stop], idx], axis=1)
+            order = np.argsort(-all_sim, axis=1, kind="stable")[:, :want]
+            best_sim[q_start:q_stop] = np.take_along_axis(all_sim, order, 1)
+            best_idx[q_start:q_stop] = np.take_along_axis(all_idx, order, 1)
+        del index
+    return _drop_self(best_idx, k)
+
+
+def _drop_self(candidates: np.ndarray, k: int) -> np.ndarray:
+    """Remove each row's own index from its k+1 candidates (the last one when it is absent)."""
+    rows = np.arange(len(candidates))[:, None]
+    is_self = candidates == rows
+    # Rows where self was not found (ties with duplicates) drop their last candidate instead.
+    is_self[~is_self.any(1), -1] = True
+    first_self = is_self.argmax(1)
+    keep = np.ones_like(is_self)
+    keep[np.arange(len(candidates)), first_self] = False
+    return candidates[keep].reshape(len(candidates), k)
+
+
+def neighbor_purity(neighbors: np.ndarray, labels: np.ndarray, k: int | None = None) -> float:
+    """Share of (anchor, neighbour) pairs, among the first `k` neighbours, whose labels agree.
+
+    Only anchors and neighbours with a known label (>= 0) count; NaN when none has one.
+    """
+    labels = np.asarray(labels)
+    neighbors = np.asarray(neighbors)[:, :k]
+    if len(labels) != len(neighbors):
+        raise NolabelError(f"{len(neighbors)} neighbour rows but {len(labels)} labels")
+    anchor = np.broadcast_to(labels[:, None], neighbors.shape)
+    other = labels[neighbors]
+    known = (anchor >= 0) & (other >= 0)
+    return float((anchor == other)[known].mean()) if known.any() else float("nan")
+
+
+def save_neighbors(path: str | Path, neighbors: np.ndarray) -> Path:
+    """Write `neighbors.npy` atomically (int64 (N, K))."""
+    save_npy(path, np.asarray(neighbors, dtype=np.int64))
+    return Path(path)
+
+
+def load_neighbors(path: str | Path, n: int | None = None) -> np.ndarray:
+    """Read a neighbours file, checking it is (N, K) integer and, when `n` is given, has N = n rows."""
+    path = Path(path)
+    if not path.is_file():
+        raise NolabelError(f"{path}: neighbours file not found; mine it first (nolabel scan --neighbors-only)")
+    neighbors = np.load(path)
+    if neighbors.ndim != 2 or not np.issubdtype(neighbors.dtype, np.integer):
+        raise NolabelError(f"{path}: expected an integer (N, K) array, got {neighbors.dtype} {neighbors.shape}")
+    if n is not None and len(neighbors) != n:
+        raise NolabelError(f"{path}: {len(neighbors)} rows but the features have {n}; mine the neighbours again")
+    if neighbors.size and (neighbors.min() < 0 or neighbors.max() >= len(neighbors)):
+        raise NolabelError(f"{path}: neighbour indices outside 0..{len(neighbors) - 1}")
+    return neighbors

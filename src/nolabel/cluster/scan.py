@@ -1,0 +1,524 @@
+"""SCAN clustering (Van Gansbeke et al. 2020, "Learning to Classify Images without Labels").
+
+A clustering head maps an image to a distribution p(x) over K clusters. The loss asks an image and
+one of its mined neighbours to agree, and the mean prediction to spread over all clusters:
+
+    loss = -mean_x log <p(x), p(n(x))>  -  entropy_weight * H(mean_x p(x))
+
+where n(x) is drawn per step among x's K stored neighbours and x itself, and H is the entropy (the
+batch mean stands in for the dataset mean). Several heads train side by side from the same inputs;
+the one with the lowest SCAN loss on the whole dataset (no labels involved) is kept.
+
+Two modes share one training loop:
+
+- `train_scan_features`: heads only, on frozen precomputed features (fast; what ImageNet scale and
+  CPUs need). Augmentation comes from optionally precomputed features of augmented views
+  `(V, N, D)`: anchors and neighbours each take a random view per step.
+- `train_scan_network`: the backbone and the heads together on images, with batched tensor
+  augmentation (`nolabel.augment.StrongAugment` by default, as SCAN does).
+
+Both write `scan.pt` (heads, chosen head, per-head losses; resumable via `scan_state.pt`) and
+return a `ScanResult` with the chosen head's probabilities `(N, K)`.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import distributed
+from ..errors import NolabelError
+from ..training import TrainingState, cosine_lr, progress, seeded_generator, set_lr, wrap_distributed
+
+_EPS = 1e-8
+
+
+# --------------------------------------------------------------------------- loss
+
+def entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each distribution along the last axis; 0 log 0 counts as 0."""
+    p = probabilities.clamp_min(_EPS)
+    return -(probabilities * p.log()).sum(-1)
+
+
+@dataclass
+class ScanLoss:
+    total: torch.Tensor
+    consistency: torch.Tensor
+    entropy: torch.Tensor
+
+
+def scan_loss(anchor_logits: torch.Tensor, neighbor_logits: torch.Tensor, entropy_weight: float = 5.0) -> ScanLoss:
+    """SCAN loss of a batch: anchor and neighbour logits (B, K) -> total, consistency, entropy.
+
+    consistency = -mean_b log <softmax(a_b), softmax(n_b)>; entropy = H(mean_b softmax(a_b));
+    total = consistency - entropy_weight * entropy. Gradients flow through both anchor and
+    neighbour (SCAN updates both branches).
+    """
+    if anchor_logits.shape != neighbor_logits.shape or anchor_logits.ndim != 2:
+        raise ValueError(f"expected two (B, K) logits of equal shape, got {tuple(anchor_logits.shape)} "
+                         f"and {tuple(neighbor_logits.shape)}")
+    p_anchor = F.softmax(anchor_logits.float(), dim=1)
+    p_neighbor = F.softmax(neighbor_logits.float(), dim=1)
+    agreement = (p_anchor * p_neighbor).sum(1)
+    consistency = -agreement.clamp_min(_EPS).log().mean()
+    spread = entropy(p_anchor.mean(0))
+    return ScanLoss(consistency - entropy_weight * spread, consistency, spread)
+
+
+def scan_loss_of_probabilities(probabilities: np.ndarray | torch.Tensor, neighbors: np.ndarray,
+                               entropy_weight: float = 5.0) -> dict[str, float]:
+    """Deterministic SCAN loss of a whole dataset's predictions, used to choose a head without labels.
+
+    probabilities: (N, K); neighbors: (N, M). Consistency averages -log <p(x), p(n)> over every
+    anchor and every one of its M neighbours; entropy is that of the mean prediction.
+    """
+    p = torch.as_tensor(np.asarray(probabilities), dtype=torch.float64)
+    nb = torch.as_tensor(np.asarray(neighbors), dtype=torch.long)
+    agreement = (p[:, None, :] * p[nb]).sum(-1)
+    consistency = float(-agreement.clamp_min(_EPS).log().mean())
+    spread = float(entropy(p.mean(0)))
+    return {"total": consistency - entropy_weight * spread, "consistency": consistency, "entropy": spread}
+
+
+# --------------------------------------------------------------------------- heads
+
+class ClusterHeads(nn.Module):
+    """`n_heads` independent clustering heads, (B, in_dim) -> list of n_heads logits (B, n_clusters).
+
+    hidden_dim 0: a linear layer per head (SCAN's head on a trained backbone); > 0: Linear -> BN ->
+    ReLU -> Linear, which frozen features of a network trained for another task need.
+    """
+
+    def __init__(self, in_dim: int, n_clusters: int, n_heads: int = 10, hidden_dim: int = 0):
+        super().__init__()
+        if n_clusters < 2 or n_heads < 1:
+            raise NolabelError(f"need n_clusters >= 2 and n_heads >= 1, got {n_clusters} and {n_heads}")
+        self.in_dim, self.n_clusters, self.hidden_dim = in_dim, n_clusters, hidden_dim
+
+        def head() -> nn.Module:
+            if hidden_dim <= 0:
+                return nn.Linear(in_dim, n_clusters)
+            return nn.Sequential(nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim),
+                                 nn.ReLU(inplace=True), nn.Linear(hidden_dim, n_clusters))
+
+        self.heads = nn.ModuleList(head() for _ in range(n_heads))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [h(x) for h in self.heads]
+
+    def single(self, index: int) -> nn.Module:
+        """Head `index` alone, as a module (B, in_dim) -> (B, n_clusters)."""
+        return self.heads[index]
+
+
+# --------------------------------------------------------------------------- configuration
+
+@dataclass
+class ScanConfig:
+    """Hyper-parameters of SCAN training (defaults: SCAN's CIFAR settings, Adam lr 1e-4 for the
+    whole network; heads on frozen features train with a larger lr)."""
+
+    n_clusters: int = 10
+    n_heads: int = 10
+    entropy_weight: float = 5.0
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    hidden_dim: int = 0
+    num_neighbors: int | None = None  # None: all stored neighbours
+    seed: int = 0
+    bf16: bool = False
+
+    def validate(self) -> None:
+        if self.n_clusters < 2 or self.n_heads < 1 or self.epochs < 1 or self.batch_size < 2:
+            raise NolabelError("SCAN needs n_clusters >= 2, n_heads >= 1, epochs >= 1 and batch_size >= 2, got "
+                               f"{self.n_clusters}, {self.n_heads}, {self.epochs}, {self.batch_size}")
+        if self.entropy_weight < 0 or self.lr <= 0:
+            raise NolabelError(f"entropy_weight must be >= 0 and lr > 0, got {self.entropy_weight}, {self.lr}")
+
+
+@dataclass
+class ScanResult:
+    """Outcome of SCAN training. `probabilities` (N, K) and `predictions` (N,) are the chosen head's."""
+
+    heads: ClusterHeads
+    best_head: int
+    head_losses: list[dict[str, float]]
+    probabilities: np.ndarray
+    history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.probabilities.argmax(1)
+
+
+# --------------------------------------------------------------------------- inputs
+
+class FeatureInputs:
+    """Frozen features as training inputs: `clean` (N, D) and optional augmented views (V, N, D).
+
+    `batch(idx, augmented, generator)` returns float32 (B, D): a random augmented view per row
+    when asked for augmentation and views exist, else the clean features.
+    """
+
+    def __init__(self, features: np.ndarray, augmented: np.ndarray | None = None):
+        if features.ndim != 2:
+            raise NolabelError(f"features must be (N, D), got shape {features.shape}")
+        if augmented is not None and (augmented.ndim != 3 or augmented.shape[1:] != features.shape):
+            raise NolabelError(f"augmented views must be (V, N, D) = (V, {features.shape[0]}, {features.shape[1]}), "
+                               f"got shape {augmented.shape}")
+        self.features, self.augmented = features, augmented
+        self.n, self.dim = features.shape
+
+    def batch(self, idx: np.ndarray, augmented: bool, generator: torch.Generator) -> torch.Tensor:
+        if augmented and self.augmented is not None:
+            views = torch.randint(0, len(self.augmented), (len(idx),), generator=generator).numpy()
+            return torch.from_numpy(np.asarray(self.augmented[views, idx], dtype=np.float32))
+        return torch.from_numpy(np.asarray(self.features[idx], dtype=np.float32))
+
+
+class ImageInputs:
+    """In-memory uint8 images as inputs to a network: `prepare` resizes + normalises a float batch,
+    `augment` (float (B, C, H, W) in [0, 1], generator) -> same, applied when asked."""
+
+    def __init__(self, images: np.ndarray, prepare: Callable, augment: Callable):
+        self.images, self.prepare, self.augment = images, prepare, augment
+        self.n = len(images)
+
+    def batch(self, idx: np.ndarray, augmented: bool, generator: torch.Generator) -> torch.Tensor:
+        from ..augment import to_float_images
+
+        x = to_float_images(self.images[idx])
+        return self.prepare(self.augment(x, generator) if augmented else x)
+
+
+# --------------------------------------------------------------------------- training
+
+def _predict(model: nn.Module, inputs, n: int, batch_size: int, bf16: bool, head_index: int | None = None
+             ) -> list[np.ndarray]:
+    """Softmax probabilities of every head (or one) over all N clean inputs, eval mode."""
+    was_training = model.training
+    model.eval()
+    outs: list[list[torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                idx = np.arange(start, min(n, start + batch_size))
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(inputs.batch(idx, False, None))
+                if head_index is not None:
+                    logits = [logits[head_index]]
+                outs.append([F.softmax(l.float(), 1) for l in logits])
+    finally:
+        model.train(was_training)
+    return [torch.cat([o[h] for o in outs]).numpy() for h in range(len(outs[0]))]
+
+
+def _train(model: nn.Module, heads: ClusterHeads, inputs, neighbors: np.ndarray, config: ScanConfig,
+           out_dir: Path | None, extra_modules: dict[str, nn.Module], parameters: list,
+           show_progress: bool, meta: dict[str, Any]) -> ScanResult:
+    config.validate()
+    started = time.perf_counter()
+    n = inputs.n
+    if neighbors.shape[0] != n:
+        raise NolabelError(f"{neighbors.shape[0]} neighbour rows for {n} inputs")
+    if n < config.batch_size:
+        raise NolabelError(f"{n} samples are fewer than one batch of {config.batch_size}; lower the batch size")
+    stored = neighbors[:, :config.num_neighbors] if config.num_neighbors else neighbors
+    # Candidates: the anchor itself plus its stored neighbours.
+    candidates = np.concatenate([np.arange(n)[:, None], stored], axis=1)
+    generator = seeded_generator(config.seed)
+    optimizer = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    modules = {"heads": heads, **extra_modules}
+    state_file = TrainingState(out_dir / "scan_state.pt") if out_dir is not None else None
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    state = state_file.load() if state_file is not None else None
+    if state is not None:
+        TrainingState.restore(state, modules, optimizer, generator)
+        start_epoch, history = state["epoch"], list(state["history"])
+    ddp_model = wrap_distributed(model)
+    steps = n // config.batch_size
+    local = distributed.shard(config.batch_size)
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        order = torch.randperm(n, generator=generator).numpy()
+        sums = np.zeros((len(heads.heads), 3))
+        bar = progress(range(steps), total=steps, desc=f"scan {epoch + 1}/{config.epochs}", enabled=show_progress)
+        for step in bar:
+            set_lr(optimizer, cosine_lr(config.lr, epoch * steps + step, steps * config.epochs, final_fraction=0.1))
+            anchors = order[step * config.batch_size:(step + 1) * config.batch_size][local.start:local.stop]
+            pick = torch.randint(0, candidates.shape[1], (len(anchors),), generator=generator).numpy()
+            partners = candidates[anchors, pick]
+            x = torch.cat([inputs.batch(anchors, True, generator), inputs.batch(partners, True, generator)])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                outputs = ddp_model(x)
+            total = 0.0
+            for h, logits in enumerate(outputs):
+                a, b = logits.float().chunk(2)
+                loss = scan_loss(a, b, config.entropy_weight)
+                total = total + loss.total
+                sums[h] += [loss.total.item(), loss.consistency.item(), loss.entropy.item()]
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+        mean = sums / max(1, steps)
+        best = int(mean[:, 0].argmin())
+        history.append({"epoch": epoch + 1, "loss": float(mean[best, 0]), "consistency": float(mean[best, 1]),
+                        "entropy": float(mean[best, 2]), "best_head_train": best})
+        if state_file is not None:
+            state_file.save(epoch + 1, modules, optimizer, generator, history, config=_json(config))
+        distributed.barrier()
+
+    # Choose the head by its SCAN loss over the whole dataset, on clean inputs: deterministic, label-free.
+    all_probs = _predict(model, inputs, n, max(config.batch_size, 512), config.bf16)
+    head_losses = [scan_loss_of_probabilities(p, stored, config.entropy_weight) for p in all_probs]
+    best_head = select_head(head_losses)
+    result = ScanResult(heads, best_head, head_losses, all_probs[best_head], history,
+                        seconds=time.perf_counter() - started)
+    if out_dir is not None and distributed.is_main():
+        result.checkpoint = save_scan(out_dir / "scan.pt", result, config, extra_modules, meta)
+    return result
+
+
+def select_head(head_losses: list[dict[str, float]]) -> int:
+    """Index of the head with the lowest total SCAN loss (ties: the first)."""
+    if not head_losses:
+        raise NolabelError("no head to choose from")
+    return int(np.argmin([h["total"] for h in head_losses]))
+
+
+def save_scan(path: Path, result: ScanResult, config: ScanConfig, extra_modules: dict[str, nn.Module],
+              meta: dict[str, Any]) -> Path:
+    from ..io import atomic_path
+
+    heads = result.heads
+    with atomic_path(path) as tmp:
+        torch.save({
+            "format": "nolabel-scan", "config": _json(config), "best_head": result.best_head,
+            "head_losses": result.head_losses, "in_dim": heads.in_dim, "n_clusters": heads.n_clusters,
+            "hidden_dim": heads.hidden_dim, "heads": heads.state_dict(),
+            "modules": {k: m.state_dict() for k, m in extra_modules.items()}, "meta": meta,
+        }, tmp)
+    return path
+
+
+def load_scan(path: str | Path) -> tuple[ClusterHeads, int, dict[str, Any]]:
+    """Read `scan.pt`: (heads with weights, chosen head index, the whole saved dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NolabelError(f"{path}: SCAN checkpoint not found; run `nolabel scan` first")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("format") != "nolabel-scan":
+        raise NolabelError(f"{path}: not a SCAN checkpoint written by nolabel")
+    heads = ClusterHeads(saved["in_dim"], saved["n_clusters"], len(saved["head_losses"]), saved["hidden_dim"])
+    heads.load_state_dict(saved["heads"])
+    return heads, int(saved["best_head"]), saved
+
+
+def _json(config: Any) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def train_scan_features(features: np.ndarray, neighbors: np.ndarray, config: ScanConfig | None = None,
+                        augmented: np.ndarray | None = None, out_dir: str | Path | None = None,
+                        show_progress: bool = True) -> ScanResult:
+    """SCAN heads on frozen features.
+
+    features: (N, D) clean features; neighbors: (N, K) int from `mine_neighbors`; augmented:
+    optional (V, N, D) features of V augmented views of every image. Resumes from
+    `out_dir/scan_state.pt` when present.
+    """
+    config = config or ScanConfig(lr=1e-3, epochs=100)
+    inputs = FeatureInputs(features, augmented)
+    torch.manual_seed(config.seed)  # head initialisation
+    heads = ClusterHeads(inputs.dim, config.n_clusters, config.n_heads, config.hidden_dim)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    return _train(heads, heads, inputs, np.asarray(neighbors), config, out, {}, list(heads.parameters()),
+                  show_progress, {"mode": "features"})
+
+
+class _BackboneWithHeads(nn.Module):
+    def __init__(self, backbone: nn.Module, heads: ClusterHeads):
+        super().__init__()
+        self.backbone, self.heads = backbone, heads
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.heads(self.backbone(x))
+
+
+def train_scan_network(images: np.ndarray, backbone: nn.Module, neighbors: np.ndarray,
+                       config: ScanConfig | None = None, augment: Callable | None = None,
+                       image_size: int | None = None, out_dir: str | Path | None = None,
+                       show_progress: bool = True) -> ScanResult:
+    """SCAN on the whole network: `backbone` (a nolabel `Backbone`, e.g. from SimCLR) + heads, trained
+    together on uint8 images (N, H, W[, 3]) with batched augmentation (default StrongAugment).
+
+    The backbone's weights are saved in `scan.pt` under `modules["backbone"]`.
+    """
+    from ..augment import StrongAugment
+    from ..training import network_input
+
+    config = config or ScanConfig()
+    size = image_size or backbone.input_size
+    inputs = ImageInputs(images, network_input(backbone, size), augment or StrongAugment())
+    torch.manual_seed(config.seed)  # head initialisation
+    heads = ClusterHeads(backbone.feature_dim, config.n_clusters, config.n_heads, config.hidden_dim)
+    model = _BackboneWithHeads(backbone, heads)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    return _train(model, heads, inputs, np.asarray(neighbors), config, out, {"backbone": backbone},
+                  list(model.parameters()), show_progress,
+                  {"mode": "network", "model": getattr(backbone, "architecture", getattr(backbone, "name", None))})
+
+
+# --------------------------------------------------------------------------- the stage, from files
+
+def _labelled_metrics(predictions: np.ndarray, labels: np.ndarray | None) -> dict[str, Any] | None:
+    from ..metrics import evaluate
+
+    if labels is None or not (np.asarray(labels) >= 0).any():
+        return None
+    known = np.asarray(labels) >= 0
+    return evaluate(predictions[known], np.asarray(labels)[known])
+
+
+def load_stage_inputs(features: str | Path | None, augmented: list[str | Path] | tuple = (), data: str | None = None,
+                      model: str | None = None, weights: str | Path | None = None, image_size: int | None = None,
+                      backbone_state: dict | None = None) -> dict[str, Any]:
+    """What a SCAN or self-labeling stage trains on, from files.
+
+    Frozen mode (`features` given): the FeatureStore's (N, D) features as float32, its labels, and the
+    (V, N, D) features of the augmented-view stores. Network mode (`data` and `model`): the dataset's
+    images in memory and the backbone (`weights` file, or a saved `backbone_state`).
+    """
+    from ..store import FeatureStore
+
+    if (features is None) == (data is None):
+        raise NolabelError("give either --features (heads on frozen features) or --data and --model (whole network)")
+    if features is not None:
+        store = FeatureStore.open(features)
+        x = np.asarray(store.features, dtype=np.float32)
+        views = [np.asarray(FeatureStore.open(a).features, dtype=np.float32) for a in augmented]
+        for path, v in zip(augmented, views):
+            if v.shape != x.shape:
+                raise NolabelError(f"{path}: augmented features of shape {v.shape} do not match "
+                                   f"{x.shape} of {features}")
+        return {"mode": "features", "features": x, "augmented": np.stack(views) if views else None,
+                "labels": store.labels if store.has_labels else None}
+    from ..data import load
+    from ..models import create
+    from ..training import images_in_memory
+
+    if model is None:
+        raise NolabelError("network mode needs --model NAME (and usually --weights from `nolabel pretrain simclr`)")
+    backbone = create(model, weights=weights, pretrained=weights is None and backbone_state is None)
+    if backbone_state is not None:
+        backbone.load_state_dict(backbone_state)
+    dataset = load(data)
+    size = image_size or backbone.input_size
+    return {"mode": "network", "images": images_in_memory(dataset, size), "backbone": backbone,
+            "image_size": size, "labels": dataset.labels if (dataset.labels >= 0).any() else None}
+
+
+def write_augmented_views(data: str, model: str, out_dir: str | Path, *, kind: str = "strong", n_views: int = 2,
+                          weights: str | Path | None = None, image_size: int | None = None, bf16: bool = False,
+                          seed: int = 0, batch_size: int = 256, show_progress: bool = True) -> list[Path]:
+    """Features of `n_views` random augmented views of every image, one FeatureStore per view
+    (`out_dir/view0`, ...), for SCAN and self-labeling on frozen features (`augmented=` of `run_scan`,
+    `run_selflabel`). kind: "weak" (flip + translation) or "strong" (weak + 4 RandAugment-style ops +
+    Cutout). Finished views are kept (resumable)."""
+    from ..augment import StrongAugment, WeakAugment
+    from ..data import load
+    from ..models import create
+    from ..pretrain.simclr import extract_features
+    from ..store import FeatureStore, is_complete, write_store
+    from ..training import images_in_memory
+
+    augments = {"weak": WeakAugment, "strong": StrongAugment}
+    if kind not in augments:
+        raise NolabelError(f"augmented view kind must be one of {sorted(augments)}, got {kind!r}")
+    backbone = create(model, weights=weights).eval()
+    dataset = load(data)
+    size = image_size or backbone.input_size
+    images = images_in_memory(dataset, size)
+    out = Path(out_dir)
+    paths = []
+    for v in range(n_views):
+        path = out / f"view{v}"
+        paths.append(path)
+        if is_complete(path):
+            continue
+        generator = torch.Generator().manual_seed(seed * 1000 + v)
+        feats = extract_features(backbone, images, size, batch_size, bf16, show_progress, augments[kind](), generator)
+        write_store(path, feats, dataset.labels, dataset.item_names,
+                    {"model": model, "weights": str(weights) if weights else None, "image_size": size,
+                     "augmentation": kind, "view": v, "seed": seed, "data": data})
+    return [FeatureStore.open(p).path for p in paths]
+
+
+def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augmented: list[str | Path] | tuple = (),
+             data: str | None = None, model: str | None = None, weights: str | Path | None = None,
+             image_size: int | None = None, num_neighbors: int = 20, config: ScanConfig | None = None,
+             force: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """The SCAN stage from files: mine neighbours (reused from `out_dir/neighbors.npy` when present),
+    train, and write into `out_dir`: neighbors.npy, scan.pt, probabilities.npy (N, K), predictions.npy
+    (N,), scan.json (chosen head, per-head losses, neighbour purity and metrics when labels exist).
+    Returns scan.json's content."""
+    from ..io import refuse_overwrite, save_npy, write_json
+    from .neighbors import load_neighbors, mine_neighbors, neighbor_purity, save_neighbors
+
+    out = Path(out_dir)
+    refuse_overwrite(out / "scan.json", force, what="a finished SCAN result")
+    if force and (out / "scan_state.pt").exists():
+        (out / "scan_state.pt").unlink()
+    config = config or ScanConfig()
+    inputs = load_stage_inputs(features, augmented, data, model, weights, image_size)
+    started = time.perf_counter()
+    if inputs["mode"] == "features":
+        base = inputs["features"]
+    else:
+        from ..pretrain.simclr import extract_features
+
+        base = extract_features(inputs["backbone"], inputs["images"], inputs["image_size"], bf16=config.bf16)
+    nb_path = out / "neighbors.npy"
+    if nb_path.exists() and not force:
+        neighbors = load_neighbors(nb_path, n=len(base))
+    else:
+        neighbors = mine_neighbors(base, k=num_neighbors)
+        if distributed.is_main():
+            save_neighbors(nb_path, neighbors)
+    mined = time.perf_counter() - started
+    labels = inputs["labels"]
+    if inputs["mode"] == "features":
+        result = train_scan_features(base, neighbors, config, inputs["augmented"], out, show_progress)
+    else:
+        result = train_scan_network(inputs["images"], inputs["backbone"], neighbors, config,
+                                    image_size=inputs["image_size"], out_dir=out, show_progress=show_progress)
+    summary = {
+        "mode": inputs["mode"], "n": int(len(base)), "num_neighbors": int(neighbors.shape[1]),
+        "neighbor_purity": neighbor_purity(neighbors, labels) if labels is not None else None,
+        "best_head": result.best_head, "head_losses": result.head_losses,
+        "metrics": _labelled_metrics(result.predictions, labels),
+        "seconds": {"neighbors": mined, "train": result.seconds},
+        "config": _json(config),
+    }
+    if distributed.is_main():
+        save_npy(out / "probabilities.npy", result.probabilities.astype(np.float32))
+        save_npy(out / "predictions.npy", result.predictions.astype(np.int64))
+        write_json(out / "scan.json", summary)
+    return summary

@@ -1,0 +1,281 @@
+"""Self-labeling, SCAN's last step: train on the clustering's own confident predictions.
+
+For each batch, the prediction on a clean (or weakly augmented) view gives pseudo-labels where its
+confidence exceeds `threshold` (default 0.99); the network is trained with cross-entropy to predict
+those labels from a strongly augmented view (RandAugment-style ops + Cutout; or precomputed
+features of such views in frozen mode). Class balancing weighs each pseudo-class in the batch by the
+inverse of its frequency among the confident samples, so large clusters do not swallow small ones.
+An optional EMA of the weights gives the final predictions.
+
+When no sample is confident, there is nothing to learn from: `train_selflabel_*` says so in
+`SelfLabelResult.message` (and on stdout), returns the SCAN predictions unchanged with
+`skipped=True`, and never crashes on an empty mask. Batches with no confident sample are skipped.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import distributed
+from ..errors import NolabelError
+from ..training import ModelEMA, TrainingState, cosine_lr, progress, seeded_generator, set_lr, wrap_distributed
+from .scan import FeatureInputs, ImageInputs, _predict, entropy
+
+
+@dataclass
+class SelfLabelConfig:
+    """Hyper-parameters (SCAN's defaults: threshold 0.99, Adam lr 1e-4, class balancing on)."""
+
+    threshold: float = 0.99
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    class_balance: bool = True
+    # > 0 adds SCAN's term -entropy_weight * H(mean prediction on the strong views): keeps clusters
+    # that have no confident sample yet from being emptied (0: the paper's loss).
+    entropy_weight: float = 0.0
+    ema_decay: float | None = None  # e.g. 0.999; None: no EMA
+    seed: int = 0
+    bf16: bool = False
+
+    def validate(self) -> None:
+        if not 0 < self.threshold < 1:
+            raise NolabelError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
+            raise NolabelError(f"need epochs >= 1, batch_size >= 2 and lr > 0, got {self.epochs}, "
+                               f"{self.batch_size}, {self.lr}")
+
+
+@dataclass
+class SelfLabelResult:
+    """`probabilities` (N, K) after self-labeling, or the SCAN ones when `skipped`."""
+
+    probabilities: np.ndarray
+    skipped: bool
+    message: str
+    confident_fraction: float  # before training
+    history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.probabilities.argmax(1)
+
+
+def self_label_loss(clean_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float = 0.99,
+                    class_balance: bool = True, entropy_weight: float = 0.0) -> tuple[torch.Tensor | None, int]:
+    """Masked cross-entropy of the strong view against the clean view's confident argmax.
+
+    clean_logits, strong_logits: (B, K). Returns (loss or None when no sample is confident, number
+    of confident samples). With class balancing each pseudo-class present gets weight
+    n_confident / count(class), i.e. every class present contributes equally. `entropy_weight` > 0
+    subtracts entropy_weight * H(mean softmax of the strong logits over the whole batch).
+    """
+    with torch.no_grad():
+        probs = F.softmax(clean_logits.float(), dim=1)
+        confidence, target = probs.max(1)
+        mask = confidence > threshold
+    n_confident = int(mask.sum())
+    if n_confident == 0:
+        return None, 0
+    target = target[mask]
+    weight = None
+    if class_balance:
+        counts = torch.bincount(target, minlength=clean_logits.shape[1]).float()
+        weight = torch.where(counts > 0, n_confident / counts.clamp_min(1), torch.zeros_like(counts))
+    loss = F.cross_entropy(strong_logits[mask].float(), target, weight=weight)
+    if entropy_weight > 0:
+        loss = loss - entropy_weight * entropy(F.softmax(strong_logits.float(), 1).mean(0))
+    return loss, n_confident
+
+
+def confident_fraction(probabilities: np.ndarray, threshold: float) -> float:
+    return float((np.asarray(probabilities).max(1) > threshold).mean())
+
+
+def _train(model: nn.Module, inputs, scan_probabilities: np.ndarray, config: SelfLabelConfig,
+           out_dir: Path | None, modules: dict[str, nn.Module], show_progress: bool) -> SelfLabelResult:
+    config.validate()
+    started = time.perf_counter()
+    n = inputs.n
+    if len(scan_probabilities) != n:
+        raise NolabelError(f"{len(scan_probabilities)} SCAN predictions for {n} inputs")
+    initial = confident_fraction(scan_probabilities, config.threshold)
+    if initial == 0.0:
+        message = (f"self-labeling skipped: no sample has confidence above {config.threshold} (highest "
+                   f"{float(np.max(scan_probabilities)):.4f}); kept the SCAN result. Lower the threshold "
+                   f"or train SCAN longer.")
+        if distributed.is_main():
+            print(message, flush=True)
+        return SelfLabelResult(np.asarray(scan_probabilities), True, message, 0.0,
+                               seconds=time.perf_counter() - started)
+    generator = seeded_generator(config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    ema = ModelEMA(model, config.ema_decay) if config.ema_decay else None
+    all_modules = {**modules, **({"ema": ema.module} if ema else {})}
+    state_file = TrainingState(out_dir / "selflabel_state.pt") if out_dir is not None else None
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    state = state_file.load() if state_file is not None else None
+    if state is not None:
+        TrainingState.restore(state, all_modules, optimizer, generator)
+        start_epoch, history = state["epoch"], list(state["history"])
+    ddp_model = wrap_distributed(model)
+    steps = max(1, n // config.batch_size)
+    local = distributed.shard(config.batch_size)
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        order = torch.randperm(n, generator=generator).numpy()
+        losses, confident = [], 0
+        bar = progress(range(steps), total=steps, desc=f"selflabel {epoch + 1}/{config.epochs}", enabled=show_progress)
+        for step in bar:
+            set_lr(optimizer, cosine_lr(config.lr, epoch * steps + step, steps * config.epochs, final_fraction=0.1))
+            idx = order[step * config.batch_size:(step + 1) * config.batch_size][local.start:local.stop]
+            clean, strong = inputs.batch(idx, False, generator), inputs.batch(idx, True, generator)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                # Targets come from the model in eval mode (BN statistics not polluted by the clean pass).
+                model.eval()
+                with torch.no_grad():
+                    clean_logits = model(clean)[0]
+                model.train()
+                strong_logits = ddp_model(strong)[0]
+            loss, n_conf = self_label_loss(clean_logits, strong_logits, config.threshold, config.class_balance,
+                                           config.entropy_weight)
+            confident += n_conf
+            if loss is None:
+                # Keep DDP's collective calls matched across processes: a zero loss through every output.
+                if distributed.is_distributed():
+                    (strong_logits.float().sum() * 0).backward()
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            losses.append(loss.item())
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None,
+                        "confident_fraction": confident / max(1, steps * len(idx))})
+        if state_file is not None:
+            state_file.save(epoch + 1, all_modules, optimizer, generator, history, config=asdict(config))
+        distributed.barrier()
+    final = ema.module if ema is not None else model
+    probabilities = _predict(final, inputs, n, max(config.batch_size, 512), config.bf16)[0]
+    message = (f"self-labeling: {initial:.1%} of samples confident above {config.threshold} at the start, "
+               f"{confident_fraction(probabilities, config.threshold):.1%} at the end")
+    result = SelfLabelResult(probabilities, False, message, initial, history, seconds=time.perf_counter() - started)
+    if out_dir is not None and distributed.is_main():
+        from ..io import atomic_path
+
+        result.checkpoint = out_dir / "selflabel.pt"
+        with atomic_path(result.checkpoint) as tmp:
+            torch.save({"format": "nolabel-selflabel", "config": asdict(config),
+                        "modules": {k: m.state_dict() for k, m in all_modules.items()}}, tmp)
+    return result
+
+
+class _ListHead(nn.Module):
+    """A single head returning a one-element list, the calling convention `_predict` shares with SCAN."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.body(x)]
+
+
+def train_selflabel_features(features: np.ndarray, head: nn.Module, scan_probabilities: np.ndarray,
+                             config: SelfLabelConfig | None = None, augmented: np.ndarray | None = None,
+                             out_dir: str | Path | None = None, show_progress: bool = True) -> SelfLabelResult:
+    """Self-label a SCAN head on frozen features.
+
+    features (N, D) give the pseudo-labels; `augmented` (V, N, D), features of strongly augmented
+    views, are what the head learns from (without them, the clean features: no augmentation).
+    `head` (from `ClusterHeads.single(best)`) is trained in place.
+    """
+    config = config or SelfLabelConfig(lr=1e-3, epochs=20)
+    out = _prepare_out(out_dir)
+    return _train(_ListHead(head), FeatureInputs(features, augmented), scan_probabilities, config, out,
+                  {"head": head}, show_progress)
+
+
+def train_selflabel_network(images: np.ndarray, backbone: nn.Module, head: nn.Module, scan_probabilities: np.ndarray,
+                            config: SelfLabelConfig | None = None, strong_augment: Callable | None = None,
+                            image_size: int | None = None, out_dir: str | Path | None = None,
+                            show_progress: bool = True) -> SelfLabelResult:
+    """Self-label backbone + head on uint8 images (N, H, W[, 3]); strong view: StrongAugment (4 ops + Cutout)."""
+    from ..augment import StrongAugment
+    from ..training import network_input
+
+    config = config or SelfLabelConfig()
+    inputs = ImageInputs(images, network_input(backbone, image_size), strong_augment or StrongAugment())
+    out = _prepare_out(out_dir)
+    return _train(_ListHead(nn.Sequential(backbone, head)), inputs, scan_probabilities, config, out,
+                  {"backbone": backbone, "head": head}, show_progress)
+
+
+def _prepare_out(out_dir: str | Path | None) -> Path | None:
+    if out_dir is None:
+        return None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_selflabel(scan_dir: str | Path, out_dir: str | Path, *, features: str | Path | None = None,
+                  augmented: list[str | Path] | tuple = (), data: str | None = None, model: str | None = None,
+                  image_size: int | None = None, config: SelfLabelConfig | None = None, force: bool = False,
+                  show_progress: bool = True) -> dict[str, Any]:
+    """The self-labeling stage from files: start from `scan_dir` (scan.pt, probabilities.npy of
+    `run_scan`), train, and write into `out_dir`: selflabel.pt, probabilities.npy, predictions.npy and
+    selflabel.json (skipped or not, the message, confident fractions, metrics when labels exist).
+
+    Network mode rebuilds `model` with the backbone weights SCAN saved in scan.pt."""
+    from ..io import refuse_overwrite, save_npy, write_json
+    from .scan import _labelled_metrics, load_scan, load_stage_inputs
+
+    scan_dir, out = Path(scan_dir), Path(out_dir)
+    refuse_overwrite(out / "selflabel.json", force, what="a finished self-labeling result")
+    if force and (out / "selflabel_state.pt").exists():
+        (out / "selflabel_state.pt").unlink()
+    heads, best, saved = load_scan(scan_dir / "scan.pt")
+    scan_probabilities = np.load(scan_dir / "probabilities.npy")
+    config = config or SelfLabelConfig()
+    backbone_state = saved["modules"].get("backbone")
+    if data is not None and backbone_state is None:
+        raise NolabelError(f"{scan_dir}: SCAN ran on frozen features; self-label with --features, not --data")
+    inputs = load_stage_inputs(features, augmented, data, model or saved["meta"].get("model"), None, image_size,
+                               backbone_state)
+    head = heads.single(best)
+    if inputs["mode"] == "features":
+        result = train_selflabel_features(inputs["features"], head, scan_probabilities, config, inputs["augmented"],
+                                          out, show_progress)
+    else:
+        result = train_selflabel_network(inputs["images"], inputs["backbone"], head, scan_probabilities, config,
+                                         image_size=inputs["image_size"], out_dir=out, show_progress=show_progress)
+    labels = inputs["labels"]
+    summary = {
+        "mode": inputs["mode"], "skipped": result.skipped, "message": result.message,
+        "confident_fraction_start": result.confident_fraction,
+        "confident_fraction_end": confident_fraction(result.probabilities, config.threshold),
+        "metrics": _labelled_metrics(result.predictions, labels),
+        "scan_metrics": _labelled_metrics(scan_probabilities.argmax(1), labels),
+        "seconds": result.seconds, "history": result.history, "config": asdict(config),
+    }
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        save_npy(out / "probabilities.npy", result.probabilities.astype(np.float32))
+        save_npy(out / "predictions.npy", result.predictions.astype(np.int64))
+        write_json(out / "selflabel.json", summary)
+    return summary

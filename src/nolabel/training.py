@@ -1,0 +1,204 @@
+"""Shared pieces of nolabel's training loops (SimCLR, SCAN, self-labeling, DeepCluster).
+
+- `cosine_lr`: the learning rate of a cosine schedule with linear warm-up, per step;
+- `TrainingState`: save/resume of everything a loop needs to continue exactly (model and head
+  weights, optimizer, epoch, history, random generator), written atomically once per epoch;
+- `progress`: a tqdm bar (rate, ETA) on the main process only;
+- `images_in_memory`: a dataset as one uint8 array, so batches are augmented as tensors;
+- `network_input`: float images in [0, 1] -> a backbone's normalised input;
+- `encode`: a network over an in-memory uint8 array in batches, in eval mode;
+- `ModelEMA`: an exponential moving average of a model's weights;
+- `wrap_distributed`: DistributedDataParallel under torchrun, the module itself otherwise.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import distributed
+from .errors import NolabelError
+from .io import atomic_path
+
+
+def cosine_lr(base_lr: float, step: int, total_steps: int, warmup_steps: int = 0, final_fraction: float = 0.0) -> float:
+    """Learning rate at `step` (0-based): linear warm-up to `base_lr`, then cosine decay to
+    `final_fraction * base_lr` at `total_steps`."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress_ = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    final = base_lr * final_fraction
+    return final + (base_lr - final) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator for augmentation and sampling; also seeds torch's global RNG (weight init)."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+class TrainingState:
+    """Resumable training state in one file, `torch.save`d atomically, read with `weights_only=True`.
+
+    `save(epoch, modules, optimizer, generator, history, **extra)` stores the state dicts of the
+    named modules, the optimizer, the generator state, the number of finished epochs and a JSON-able
+    history; `load()` returns that dict, or None when the file does not exist (a fresh start).
+    `restore(state, modules, optimizer, generator)` puts it back.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def save(self, epoch: int, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None,
+             generator: torch.Generator | None, history: list[dict[str, Any]], **extra: Any) -> None:
+        if not distributed.is_main():
+            return
+        state = {
+            "epoch": int(epoch),
+            "modules": {name: _unwrap(m).state_dict() for name, m in modules.items()},
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "generator": generator.get_state() if generator is not None else None,
+            "history": history,
+            **extra,
+        }
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or foreign file: say which and how to start over
+            raise NolabelError(f"{self.path}: cannot resume from this training state ({e}); "
+                               "delete it to start over") from None
+
+    @staticmethod
+    def restore(state: dict[str, Any], modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None,
+                generator: torch.Generator | None) -> None:
+        missing = set(modules) - set(state["modules"])
+        if missing:
+            raise NolabelError(f"the training state has no weights for {sorted(missing)}; delete it to start over")
+        for name, module in modules.items():
+            _unwrap(module).load_state_dict(state["modules"][name])
+        if optimizer is not None and state.get("optimizer") is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        if generator is not None and state.get("generator") is not None:
+            generator.set_state(state["generator"])
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def wrap_distributed(module: nn.Module) -> nn.Module:
+    """DistributedDataParallel around `module` when running under torchrun, else `module`."""
+    if not distributed.is_distributed() or not any(p.requires_grad for p in module.parameters()):
+        return module
+    return nn.parallel.DistributedDataParallel(module)
+
+
+def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool = True):
+    """tqdm bar with rate and ETA on the main process; the bare iterable elsewhere."""
+    if not enabled or not distributed.is_main():
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False)
+
+
+def images_in_memory(dataset: Any, size: int | None = None) -> np.ndarray:
+    """The dataset's images as one uint8 array (N, H, W) or (N, H, W, 3).
+
+    Array datasets (Fashion-MNIST, CIFAR, digits) hand over `dataset.images` as they are; other
+    datasets are decoded once and resized + centre-cropped to `size` x `size` (required then).
+    """
+    images = getattr(dataset, "images", None)
+    if images is not None:
+        return np.asarray(images)
+    if size is None:
+        raise NolabelError(f"{dataset!r} is not held in memory; give the image size to decode it to")
+    from .models.backbone import EvalTransform, Preprocessing
+
+    transform = EvalTransform(Preprocessing(size, crop_fraction=1.0), size)
+    out = np.empty((len(dataset), size, size, 3), dtype=np.uint8)
+    for i in progress(range(len(dataset)), desc="decoding images"):
+        out[i] = transform.to_uint8(dataset[i][0])
+    return out
+
+
+def network_input(backbone: Any, size: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function: float images (B, C, H, W) in [0, 1] -> the backbone's input, resized (antialiased
+    bilinear) to `size` (default its input size), normalised with its mean/std, channels_last."""
+    import torch.nn.functional as F
+
+    from .augment import normalize
+
+    size = int(size or backbone.input_size)
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return normalize(x, backbone.mean, backbone.std).contiguous(memory_format=torch.channels_last)
+
+    return prepare
+
+
+@torch.no_grad()
+def encode(network: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray,
+           prepare: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 512, bf16: bool = False,
+           show_progress: bool = False) -> np.ndarray:
+    """Run `network(prepare(float images in [0, 1]))` over a uint8 array in batches -> float32 (N, D).
+
+    Modules are put in eval mode for the pass and back in their previous mode afterwards.
+    """
+    from .augment import to_float_images
+
+    module = network if isinstance(network, nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    outputs = []
+    try:
+        starts = range(0, len(images), batch_size)
+        for start in progress(starts, total=len(starts), desc="encoding", enabled=show_progress):
+            x = prepare(to_float_images(images[start:start + batch_size]))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                outputs.append(network(x).float())
+    finally:
+        if module is not None:
+            module.train(was_training)
+    return torch.cat(outputs).numpy()
+
+
+class ModelEMA:
+    """Exponential moving average of a module's parameters and buffers: w_ema <- d * w_ema + (1 - d) * w."""
+
+    def __init__(self, module: nn.Module, decay: float = 0.999):
+        import copy
+
+        if not 0 <= decay < 1:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.module = copy.deepcopy(_unwrap(module)).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        current = _unwrap(module).state_dict()
+        for name, value in self.module.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.mul_(self.decay).add_(current[name].detach(), alpha=1 - self.decay)
+            else:
+                value.copy_(current[name])
