@@ -1,14 +1,10 @@
 """DeepCluster v1 and v2 on tiny real data (scikit-learn's 8x8 digits, upsampled by the network input)."""
-import os
-import socket
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from distributed_helpers import run_torchrun
 from sklearn.datasets import load_digits
 
 from nolabel.cli import main as cli_main
@@ -20,7 +16,6 @@ from nolabel.models import create
 from nolabel.pretrain.simclr import ProjectionHead, extract_features
 from nolabel.training import TrainingState, encode, network_input, seeded_generator
 
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 @pytest.fixture(scope="module")
@@ -211,12 +206,6 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_v2_clustering_step_on_two_processes_equals_one(tmp_path):
     rng = np.random.default_rng(0)
     n = 2 * CHUNK_SIZE + 3000  # the second process owns whole chunks, so the sums really are all-reduced
@@ -225,11 +214,7 @@ def test_v2_clustering_step_on_two_processes_equals_one(tmp_path):
     bank = (bank / np.linalg.norm(bank, axis=1, keepdims=True)).astype(np.float32)
     np.save(tmp_path / "bank.npy", bank)
     (tmp_path / "cluster.py").write_text(SCRIPT)
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1")
-    run = subprocess.run([str(TORCHRUN), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                          "--master_port", str(free_port()), str(tmp_path / "cluster.py"),
-                          str(tmp_path / "bank.npy"), str(tmp_path / "out.npz")],
-                         env=env, timeout=120, capture_output=True, text=True)
+    run = run_torchrun(tmp_path / "cluster.py", tmp_path / "bank.npy", tmp_path / "out.npz", timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     result = np.load(tmp_path / "out.npz")
     assert int(result["world"]) == 2

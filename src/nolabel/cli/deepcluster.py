@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     config = DeepClusterConfig(
         version=args.version, model=args.model, k=args.k, heads=args.heads, epochs=args.epochs,
         epoch_size=args.epoch_size, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-        pca_dim=args.pca_dim, kmeans_iter=args.kmeans_iter, temperature=args.temperature, crop_scale=tuple(args.crop_scale),
-        image_size=args.image_size, bf16=args.bf16, seed=args.seed)
+        pca_dim=args.pca_dim, kmeans_iter=args.kmeans_iter, temperature=args.temperature,
+        crop_scale=tuple(args.crop_scale), image_size=args.image_size, bf16=args.bf16, seed=args.seed)
     config.resolved()  # refuse bad values before loading anything
     dataset = load(args.data)
     input_size = next((m.input_size for m in list_models() if m.name == args.model), None)
