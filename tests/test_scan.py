@@ -178,7 +178,13 @@ weights = torch.cat([p.detach().flatten() for p in res.backbone.parameters()])
 gathered = [torch.zeros_like(weights) for _ in range(2)]
 torch.distributed.all_gather(gathered, weights)
 assert torch.equal(gathered[0], gathered[1]), "SimCLR DDP replicas diverged"
+torch.distributed.barrier()
 torch.distributed.destroy_process_group()
+# Skip interpreter teardown: gloo's threads can abort ("terminate called without an active
+# exception") while static objects are destroyed, after all the work above has succeeded.
+import os
+sys.stdout.flush()
+os._exit(0)
 """
 
 
