@@ -43,7 +43,8 @@ from nolabel.cluster.neighbors import mine_neighbors, neighbor_purity
 from nolabel.cluster.scan import ScanConfig, train_scan_features
 from nolabel.cluster.selflabel import SelfLabelConfig, train_selflabel_features
 from nolabel.data import load
-from nolabel.io import read_json, save_npy, write_json, write_text
+from markdown_section import replace_section
+from nolabel.io import read_json, save_npy, write_json
 from nolabel.metrics import evaluate
 from nolabel.models import create
 from nolabel.pretrain import SimCLRConfig, train_simclr
@@ -309,7 +310,7 @@ def table(rows: list[dict], published: bool) -> str:
     return "\n".join(lines)
 
 
-NOTES = """## What was tried, and what did not work
+NOTES = """### What was tried, and what did not work
 
 All on the shared 2-vCPU development machine while other jobs ran (load average 5-7 until ~19:30).
 
@@ -350,12 +351,12 @@ All on the shared 2-vCPU development machine while other jobs ran (load average 
 
 
 def markdown(results: dict) -> str:
-    parts = ["# Benchmarks: SCAN in nolabel", "",
+    parts = ["## SCAN and k-means on Fashion-MNIST and digits", "",
              "Written by `benchmarks/fashion_mnist.py` (see its docstring for the protocol). Labels only score; "
              "ACC uses the Hungarian mapping fitted on the evaluated set. Mean ± std over the seeds of the "
              "clustering stages; pretext training and feature extraction ran once (seed 0).", ""]
     for name, res in results["datasets"].items():
-        parts += [f"## {name} ({res['n']} images, K = 10)", "",
+        parts += [f"### {name} ({res['n']} images, K = 10)", "",
                   f"Machine: {res['machine']}. Load average when this table was written: {res['load_average_end']}; "
                   "each stage's wall time below was measured when it was first computed, with the load average "
                   "then (other jobs shared the 2 cores until ~19:30).", ""]
@@ -439,7 +440,7 @@ def main() -> None:
                   " ".join(f"{m} {r[m]['mean']:.3f}±{r[m]['std']:.3f}" for m in METRICS), flush=True)
         write_json(out_json, results)
     if not args.quick:
-        write_text(ROOT / "BENCHMARKS.md", markdown(results))
+        replace_section(ROOT / "BENCHMARKS.md", "fashion_mnist", markdown(results))
 
 
 if __name__ == "__main__":

@@ -201,10 +201,10 @@ def main() -> None:
                 f"{ami_data['n_classes']} classes", [ami_row])
     print_table(f"EMI with all {worst_shape[1]} + {worst_shape[2]} marginals distinct, "
                 f"N = {worst_shape[0]:,}", [worst_row])
+    # the load average says whether other jobs shared the cores while this ran (2 vCPUs here)
     machine = dict(platform=platform.platform(), processor=platform.processor(),
-                   cpus=os.cpu_count(), load_average=os.getloadavg(),
-                   note="shared machine: other jobs ran at the same time, timings are noisy")
-    print(f"\n{machine['note']}; load average {machine['load_average']}")
+                   cpus=os.cpu_count(), load_average=os.getloadavg())
+    print("\nload average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in machine["load_average"]))
     # a smoke run must not replace the real measurements
     out = RESULTS / ("metrics_quick.json" if args.quick else "metrics.json")
     write_json(out, dict(

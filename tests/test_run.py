@@ -128,3 +128,36 @@ def test_run_with_deepcluster_extracts_with_the_weights_it_trained(tmp_path):
     logs.clear()
     run(load_config(None, overrides), tmp_path / "r", progress=False, log=logs.append)
     assert sum("up to date" in line for line in logs) == 2  # training finished; features and clusters reused
+
+
+def test_run_with_simclr_scan_and_selflabel_adds_a_row_per_stage(tmp_path):
+    overrides = ["name=scan", "data.train=digits", "model.name=cnn28", "extract.image_size=16", "pca.n_components=16",
+                 "baseline.enabled=false", "report=false",
+                 "pretrain.epochs=1", "pretrain.batch_size=128", "pretrain.image_size=16", "pretrain.monitor_size=200",
+                 "pretrain.monitor_bank=500",
+                 "scan.epochs=2", "scan.n_heads=2", "scan.batch_size=128", "scan.lr=0.001", "scan.augmented_views=1",
+                 "scan.mine_neighbors=5",
+                 "selflabel.epochs=1", "selflabel.batch_size=128", "selflabel.strong_views=1", "selflabel.threshold=0.5"]
+    logs: list[str] = []
+    summary = run(load_config(None, overrides), tmp_path / "r", progress=False, log=logs.append)
+    methods = [row["method"] for row in summary["rows"]]
+    assert methods == ["cnn28 (SimCLR) + PCA + k-means", "cnn28 (SimCLR) + SCAN",
+                       "cnn28 (SimCLR) + SCAN + self-labeling"]
+    for row in summary["rows"]:
+        assert 0.1 < row["sources"][0]["metrics"]["acc"] <= 1
+    for path in ("pretrain/backbone.pt", "scan/predictions.npy", "scan/neighbors.npy", "selflabel/predictions.npy"):
+        assert (tmp_path / "r" / path).exists(), path
+    logs.clear()
+    again = run(load_config(None, overrides), tmp_path / "r", progress=False, log=logs.append)
+    assert [line for line in logs if "up to date" in line] == [
+        "features: digits: up to date (1797 x 128)", "cluster: up to date", "scan: up to date", "selflabel: up to date"]
+    assert again["rows"] == summary["rows"]
+
+
+def test_run_config_rejects_contradictory_stages():
+    with pytest.raises(NolabelError, match="keep one"):
+        load_config(None, ["pretrain.epochs=1", "deepcluster.epochs=1"])
+    with pytest.raises(NolabelError, match="add a scan section"):
+        load_config(None, ["selflabel.epochs=1"])
+    with pytest.raises(NolabelError, match="scan.mode"):
+        load_config(None, ["scan.mode=magic"])

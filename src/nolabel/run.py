@@ -12,12 +12,15 @@ A folder made by a different configuration is never overwritten without `force`.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from . import pipeline, store
 from .config import PCAConfig, RunConfig, dump_config
@@ -51,10 +54,14 @@ def run(cfg: RunConfig, out: str | os.PathLike | None = None, *, force: bool = F
     weights, trained_by = cfg.model.weights, ""
     if cfg.deepcluster is not None:
         weights, trained_by = _deepcluster_stage(cfg, out / "deepcluster", timings, progress, log), " (DeepCluster)"
+    if cfg.pretrain is not None:
+        weights, trained_by = _pretrain_stage(cfg, out / "pretrain", timings, progress, log), " (SimCLR)"
     stores = _extract_all(cfg, out / "features", specs, cfg.model.name, weights, cfg.extract.image_size,
                           timings, "features", progress, log)
     rows = [_cluster_stage(cfg, stores, out / "cluster", cfg.pca, timings, "cluster", progress, log,
                            f"{cfg.model.name}{trained_by} + PCA + k-means")]
+    if cfg.scan is not None:
+        rows.extend(_scan_stages(cfg, out, stores[0], weights, timings, progress, log))
     if cfg.baseline.enabled:
         pixel_stores = _extract_all(cfg, out / "baseline" / "features", specs, "pixels", None,
                                     cfg.baseline.image_size, timings, "baseline features", progress, log)
@@ -115,6 +122,96 @@ def _deepcluster_stage(cfg: RunConfig, folder: Path, timings: dict, progress: bo
                                labels=dataset.labels, show_progress=progress)
     timings["deepcluster"] = time.perf_counter() - t
     return str(result.checkpoint)
+
+
+def _pretrain_stage(cfg: RunConfig, folder: Path, timings: dict, progress: bool, log) -> str:
+    """Train cfg.model.name with SimCLR on the train images (resuming); return the backbone checkpoint."""
+    from .pretrain.simclr import SimCLRConfig, pretrain_simclr
+
+    t = time.perf_counter()
+    log(f"pretrain: SimCLR {cfg.model.name} on {cfg.data.train}, {cfg.pretrain.epochs} epochs")
+    library = SimCLRConfig(**{f.name: getattr(cfg.pretrain, f.name) for f in fields(SimCLRConfig)})
+    result = pretrain_simclr(cfg.data.train, folder, replace(library, model=cfg.model.name), show_progress=progress)
+    timings["pretrain"] = time.perf_counter() - t
+    return str(result.checkpoint)
+
+
+def _scan_stages(cfg: RunConfig, out: Path, train: store.FeatureStore, weights: str | None, timings: dict,
+                 progress: bool, log) -> list[dict[str, Any]]:
+    """SCAN (+ self-labeling) on the train set; one results row each."""
+    from .cluster.scan import run_scan, write_augmented_views
+    from .cluster.selflabel import run_selflabel
+
+    scan, network = cfg.scan, cfg.scan.mode == "network"
+    bf16 = cfg.extract.precision == "bf16"
+    image_size = cfg.extract.image_size
+    inputs = ({"data": cfg.data.train, "model": cfg.model.name, "weights": weights, "image_size": image_size}
+              if network else {"features": str(train.path)})
+    source = {"features": train.manifest.get("weights_sha256"), "n": train.n, "dim": train.dim}
+    rows = []
+
+    t = time.perf_counter()
+    settings = {"scan": asdict(scan), "inputs": source}
+    if _stage_done(out / "scan", settings):
+        log("scan: up to date")
+    else:
+        augmented = [] if network else write_augmented_views(
+            cfg.data.train, cfg.model.name, out / "views_weak", kind="weak", n_views=scan.augmented_views,
+            weights=weights, image_size=image_size, bf16=bf16, seed=scan.seed, show_progress=progress)
+        log(f"scan: {scan.n_heads} heads, K = {scan.n_clusters}, {scan.mode} mode")
+        run_scan(out / "scan", **inputs, augmented=augmented, num_neighbors=scan.mine_neighbors,
+                 config=scan.library_config(), force=True, show_progress=progress)
+        _stage_finished(out / "scan", settings)
+    timings["scan"] = time.perf_counter() - t
+    rows.append(_predictions_row(f"{cfg.model.name}{' (SimCLR)' if cfg.pretrain else ''} + SCAN", out / "scan",
+                                 train, cfg))
+
+    if cfg.selflabel is not None:
+        t = time.perf_counter()
+        settings = {"selflabel": asdict(cfg.selflabel), "scan": settings}
+        if _stage_done(out / "selflabel", settings):
+            log("selflabel: up to date")
+        else:
+            augmented = [] if network else write_augmented_views(
+                cfg.data.train, cfg.model.name, out / "views_strong", kind="strong",
+                n_views=cfg.selflabel.strong_views, weights=weights, image_size=image_size, bf16=bf16,
+                seed=cfg.selflabel.seed, show_progress=progress)
+            log(f"selflabel: confidence > {cfg.selflabel.threshold}")
+            inputs_sl = ({"data": cfg.data.train, "model": cfg.model.name, "image_size": image_size}
+                         if network else {"features": str(train.path)})
+            run_selflabel(out / "scan", out / "selflabel", **inputs_sl, augmented=augmented,
+                          config=cfg.selflabel.library_config(), force=True, show_progress=progress)
+            _stage_finished(out / "selflabel", settings)
+        timings["selflabel"] = time.perf_counter() - t
+        rows.append(_predictions_row(rows[-1]["method"] + " + self-labeling", out / "selflabel", train, cfg))
+    return rows
+
+
+STAGE_JSON = "stage.json"
+
+
+def _stage_done(folder: Path, settings: dict[str, Any]) -> bool:
+    from .io import read_json
+
+    return (folder / STAGE_JSON).exists() and read_json(folder / STAGE_JSON) == json.loads(json.dumps(settings))
+
+
+def _stage_finished(folder: Path, settings: dict[str, Any]) -> None:
+    write_json(folder / STAGE_JSON, settings)
+
+
+def _predictions_row(method: str, folder: Path, train: store.FeatureStore, cfg: RunConfig) -> dict[str, Any]:
+    """A results row from a stage's predictions.npy over the train rows."""
+    from . import metrics
+
+    pred = np.load(folder / "predictions.npy")
+    known = train.labels >= 0
+    scored = (metrics.evaluate(pred[known], train.labels[known], method=cfg.evaluate.mapping,
+                               average_method=cfg.evaluate.average_method) if known.any() else None)
+    return {"method": method, "folder": str(folder), "protocol": None,
+            "sources": [{"name": "train", "data": train.manifest.get("dataset"), "n": int(len(pred)),
+                         "metrics": {m: scored[m] for m in SUMMARY_METRICS} if scored else None,
+                         "metrics_fit_on_train": None}]}
 
 
 def _slug(spec: str) -> str:

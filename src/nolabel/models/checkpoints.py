@@ -111,6 +111,7 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Any:
     except (RuntimeError, EOFError, ValueError) as e:
         raise NolabelError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
     try:
+        # Only reached with allow_pickle=True: the user has said they trust this file's source.
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # an untrusted pickle may raise anything
         raise NolabelError(f"{path}: could not unpickle the checkpoint ({type(e).__name__}: {e})") from None
