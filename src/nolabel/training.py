@@ -83,6 +83,15 @@ class TrainingState:
             raise NolabelError(f"{self.path}: cannot resume from this training state ({e}); "
                                "delete it to start over") from None
 
+    def resume(self, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None,
+               generator: torch.Generator | None) -> tuple[int, list[dict[str, Any]]]:
+        """Restore a saved state if there is one; return (epochs already done, history so far)."""
+        state = self.load()
+        if state is None:
+            return 0, []
+        self.restore(state, modules, optimizer, generator)
+        return int(state["epoch"]), list(state["history"])
+
     @staticmethod
     def restore(state: dict[str, Any], modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None,
                 generator: torch.Generator | None) -> None:

@@ -242,12 +242,7 @@ def _train(model: nn.Module, heads: ClusterHeads, inputs, neighbors: np.ndarray,
     optimizer = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
     modules = {"heads": heads, **extra_modules}
     state_file = TrainingState(out_dir / "scan_state.pt") if out_dir is not None else None
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    state = state_file.load() if state_file is not None else None
-    if state is not None:
-        TrainingState.restore(state, modules, optimizer, generator)
-        start_epoch, history = state["epoch"], list(state["history"])
+    start_epoch, history = state_file.resume(modules, optimizer, generator) if state_file else (0, [])
     ddp_model = wrap_distributed(model)
     steps = n // config.batch_size
     local = distributed.shard(config.batch_size)

@@ -125,12 +125,7 @@ def _train(model: nn.Module, inputs, scan_probabilities: np.ndarray, config: Sel
     ema = ModelEMA(model, config.ema_decay) if config.ema_decay else None
     all_modules = {**modules, **({"ema": ema.module} if ema else {})}
     state_file = TrainingState(out_dir / "selflabel_state.pt") if out_dir is not None else None
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    state = state_file.load() if state_file is not None else None
-    if state is not None:
-        TrainingState.restore(state, all_modules, optimizer, generator)
-        start_epoch, history = state["epoch"], list(state["history"])
+    start_epoch, history = state_file.resume(all_modules, optimizer, generator) if state_file else (0, [])
     ddp_model = wrap_distributed(model)
     steps = max(1, n // config.batch_size)
     local = distributed.shard(config.batch_size)
