@@ -1,6 +1,6 @@
 """`nolabel` command line: one thin module per command, each with `add_arguments` and `run`.
 
-Heavy libraries (torch, faiss) are imported inside each command's `run`, so `nolabel --help` and
+Heavy libraries (torch and the numerical stack) are imported inside each command's `run`, so `nolabel --help` and
 `nolabel evaluate` start fast. A `NolabelError` is the user's to fix: one line on stderr, exit 2.
 """
 from __future__ import annotations

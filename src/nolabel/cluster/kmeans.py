@@ -412,7 +412,7 @@ class _TorchCudaSearcher:
 
 
 def _make_searcher(device: str, threads: int | None, d: int):
-    faiss = import_faiss(threads)
+    faiss = import_faiss(threads)  # sets omp_set_num_threads: faiss's OpenMP default ran 5-28x slower here
     wants_gpu = device == "cuda" or (device == "auto" and (gpu_count(faiss) > 0 or torch.cuda.is_available()))
     if not wants_gpu:
         return _FaissSearcher(faiss, d, gpu=False)
