@@ -29,6 +29,7 @@ import numpy as np
 
 from . import __version__, metrics
 from .cluster import KMeans, PCA
+from .cluster._faiss import import_faiss
 from .config import EvaluateConfig, KMeansConfig, PCAConfig
 from .errors import NolabelError
 from .io import atomic_path, read_json, refuse_overwrite, save_npy, write_json
@@ -219,11 +220,10 @@ def _score_objectnet(store: FeatureStore, pred, train_pred, train_labels, evalua
 
 
 def _versions() -> dict[str, str]:
-    import faiss
     import scipy
     import sklearn
     import torch
 
     return {"nolabel": __version__, "python": platform.python_version(), "numpy": np.__version__,
-            "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "faiss": faiss.__version__,
+            "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "faiss": import_faiss().__version__,
             "torch": torch.__version__}
