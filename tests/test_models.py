@@ -107,6 +107,27 @@ def test_efficientnet_lite0_loads_package_weights_strictly():
     assert features.std(0).mean() > 1e-3  # different images, different features
 
 
+def test_efficientnet_lite0_multilevel_concatenates_normalised_stage_features():
+    plain = create("efficientnet_lite0").eval()
+    multilevel = create("efficientnet_lite0_multilevel").eval()
+    assert multilevel.load_report.loaded == 294 and multilevel.mean == (0.5, 0.5, 0.5)
+    for (key, a), (key_b, b) in zip(plain.body.state_dict().items(), multilevel.body.state_dict().items()):
+        assert key == key_b and torch.equal(a, b), key  # the same checkpoint keys and weights
+    transform = plain.eval_transform(96)
+    batch = torch.stack([transform(_photo(96, 96, seed=s)) for s in range(3)])
+    with torch.no_grad():
+        features = multilevel(batch)
+        final = plain(batch)
+        # independent reference: timm's own per-block outputs (its index 0 is the stem: 5, 6, 7 are
+        # blocks 4, 5, 6)
+        stages = plain.body.forward_intermediates(batch, indices=[5, 6, 7], extra_blocks=True,
+                                                  intermediates_only=True)
+    expected = [torch.nn.functional.normalize(s.mean((2, 3)), dim=1) for s in stages]
+    expected.append(torch.nn.functional.normalize(final, dim=1))
+    assert features.shape == (3, multilevel.feature_dim) == (3, 112 + 192 + 320 + 1280)
+    torch.testing.assert_close(features, torch.cat(expected, 1), atol=1e-5, rtol=1e-4)
+
+
 def test_efficientnet_lite0_without_package_says_how_to_install(monkeypatch):
     record = PUBLISHED_BY_NAME["efficientnet_lite0.tf_in1k"]
     monkeypatch.setattr(type(record), "package_path", lambda self: None)

@@ -180,6 +180,49 @@ def efficientnet_lite0() -> Backbone:
     return backbone
 
 
+class MultiLevelEfficientNet(nn.Module):
+    """A timm EfficientNet whose feature is the average-pooled output of several stages and of the
+    final 1x1 head, each L2-normalised, concatenated: (B, 3, H, W) -> (B, sum of their widths).
+
+    Mid-level stages transfer better than the last one to images far from ImageNet: on 10,000
+    Fashion-MNIST images at 96 px, neighbour purity (top 20) rose from 0.763 (final features) to
+    0.786 and k-means NMI from 0.627 to 0.667 (benchmarks/fashion_mnist.py, NOTES). Normalising
+    each level makes each weigh the same in cosine similarity whatever its scale. The submodules keep
+    timm's names, so every EfficientNet checkpoint loads unchanged.
+    """
+
+    def __init__(self, net: nn.Module, stages: tuple[int, ...]):
+        super().__init__()
+        self.conv_stem, self.bn1, self.blocks = net.conv_stem, net.bn1, net.blocks
+        self.conv_head, self.bn2 = net.conv_head, net.bn2
+        if not stages or any(not 0 <= s < len(self.blocks) for s in stages):
+            raise NolabelError(f"stages must index the {len(self.blocks)} blocks, got {stages}")
+        self.stages = tuple(sorted(stages))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        x = self.bn1(self.conv_stem(x))
+        levels = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.stages:
+                levels.append(x.mean((2, 3)))
+        levels.append(self.bn2(self.conv_head(x)).mean((2, 3)))
+        return torch.cat([F.normalize(level.float(), dim=1) for level in levels], dim=1)
+
+
+@register_model("efficientnet_lite0_multilevel", feature_dim=112 + 192 + 320 + 1280, input_size=224,
+                description="EfficientNet-Lite0, stages 5-7 and the final head pooled, each L2-normalised, "
+                            "concatenated (better transfer to non-ImageNet images)",
+                default_weights="efficientnet_lite0.tf_in1k")
+def efficientnet_lite0_multilevel() -> Backbone:
+    plain = efficientnet_lite0()
+    body = MultiLevelEfficientNet(plain.body, stages=(4, 5, 6))
+    return Backbone("efficientnet_lite0_multilevel", body, 112 + 192 + 320 + 1280, plain.preprocessing,
+                    head_keys=plain.head_keys)
+
+
 # ViTs: the CLS token after the final norm. `dynamic_img_size` lets one model run at any resolution
 # (the position embedding is interpolated, bicubically, when the patch grid differs), so DINOv2's
 # 518-px embedding serves 224-px evaluation as its authors do.
