@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .._compat import import_timm, import_torchvision
 from ..errors import NolabelError
@@ -200,8 +201,6 @@ class MultiLevelEfficientNet(nn.Module):
         self.stages = tuple(sorted(stages))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch.nn.functional as F
-
         x = self.bn1(self.conv_stem(x))
         levels = []
         for i, block in enumerate(self.blocks):
@@ -212,14 +211,18 @@ class MultiLevelEfficientNet(nn.Module):
         return torch.cat([F.normalize(level.float(), dim=1) for level in levels], dim=1)
 
 
-@register_model("efficientnet_lite0_multilevel", feature_dim=112 + 192 + 320 + 1280, input_size=224,
+_LITE0_LEVELS = (4, 5, 6)  # blocks whose outputs are pooled: 112, 192 and 320 channels
+_LITE0_MULTILEVEL_DIM = 112 + 192 + 320 + 1280
+
+
+@register_model("efficientnet_lite0_multilevel", feature_dim=_LITE0_MULTILEVEL_DIM, input_size=224,
                 description="EfficientNet-Lite0, stages 5-7 and the final head pooled, each L2-normalised, "
                             "concatenated (better transfer to non-ImageNet images)",
                 default_weights="efficientnet_lite0.tf_in1k")
 def efficientnet_lite0_multilevel() -> Backbone:
     plain = efficientnet_lite0()
-    body = MultiLevelEfficientNet(plain.body, stages=(4, 5, 6))
-    return Backbone("efficientnet_lite0_multilevel", body, 112 + 192 + 320 + 1280, plain.preprocessing,
+    body = MultiLevelEfficientNet(plain.body, stages=_LITE0_LEVELS)
+    return Backbone("efficientnet_lite0_multilevel", body, _LITE0_MULTILEVEL_DIM, plain.preprocessing,
                     head_keys=plain.head_keys)
 
 
