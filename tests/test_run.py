@@ -152,6 +152,12 @@ def test_run_with_simclr_scan_and_selflabel_adds_a_row_per_stage(tmp_path):
     assert [line for line in logs if "up to date" in line] == [
         "features: digits: up to date (1797 x 128)", "cluster: up to date", "scan: up to date", "selflabel: up to date"]
     assert again["rows"] == summary["rows"]
+    # The report browses the k-means clustering and names the stages it has no clustering folder for.
+    from nolabel.report import write_report
+
+    html = write_report(tmp_path / "r", progress=False).read_text(encoding="utf-8")
+    assert "cnn28 (SimCLR) + SCAN: scored in summary.json" in html
+    assert "cnn28 (SimCLR) + SCAN + self-labeling: scored in summary.json" in html
 
 
 def test_run_config_rejects_contradictory_stages():

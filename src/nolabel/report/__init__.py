@@ -73,6 +73,8 @@ def write_report(
 
     warnings = [f"Features of {s} not found ({why}); their settings are not shown."
                 for s, why in main.store_problems.items()]
+    warnings += [f"{row['method']}: scored in summary.json, not shown here (the stage keeps predictions, "
+                 f"not a clustering folder)." for row in run.other_rows]
     browser, sprites = _cluster_browser(main, source, n_typical, n_random, thumb_px, seed, progress, warnings)
     files_dir = out.with_name(f"{out.stem}_files")
     embed = sum(len(s.data) for s in sprites.values()) <= max_embedded_bytes

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import NolabelError
 from ..io import read_json
+from ..run import STAGE_JSON
 from ..store import FeatureStore
 
 ASSIGNMENTS = "assignments.csv"
@@ -80,6 +81,9 @@ class RunFolder:
     results: list[ClusterResult]
     summary: dict[str, Any] | None
     config_text: str | None
+    # Summary rows of stages that keep predictions but no clustering folder (SCAN, self-labeling):
+    # their metrics are in summary.json; the report names them without browsing them.
+    other_rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def main(self) -> ClusterResult:
@@ -101,13 +105,18 @@ def read_run(path: str | os.PathLike) -> RunFolder:
     if (path / SUMMARY_JSON).exists():
         summary = read_json(path / SUMMARY_JSON)
         origin = summary.get("folder")
-        results = [read_cluster_folder(_relocate(row["folder"], origin, path), row["method"], origin, path)
-                   for row in summary.get("rows", [])]
+        results, other_rows = [], []
+        for row in summary.get("rows", []):
+            folder = _relocate(row["folder"], origin, path)
+            if (folder / STAGE_JSON).exists() and not (folder / RUN_JSON).exists():
+                other_rows.append(row)
+            else:
+                results.append(read_cluster_folder(folder, row["method"], origin, path))
         if not results:
             raise NolabelError(f"{path / SUMMARY_JSON}: lists no clustering rows")
         config = path / "config.yaml"
         return RunFolder(path, str(summary.get("name") or path.name), results, summary,
-                         config.read_text(encoding="utf-8") if config.exists() else None)
+                         config.read_text(encoding="utf-8") if config.exists() else None, other_rows)
     if (path / RUN_JSON).exists() and (path / ASSIGNMENTS).exists():
         return RunFolder(path, path.name, [read_cluster_folder(path, _method_name(read_json(path / RUN_JSON)))],
                          None, None)
