@@ -107,7 +107,7 @@ def test_efficientnet_lite0_loads_package_weights_strictly():
     assert features.std(0).mean() > 1e-3  # different images, different features
 
 
-def test_efficientnet_lite0_multilevel_concatenates_normalised_stage_features():
+def test_efficientnet_lite0_multilevel_concatenates_normalised_block_grids():
     plain = create("efficientnet_lite0").eval()
     multilevel = create("efficientnet_lite0_multilevel").eval()
     assert multilevel.load_report.loaded == 294 and multilevel.mean == (0.5, 0.5, 0.5)
@@ -118,13 +118,15 @@ def test_efficientnet_lite0_multilevel_concatenates_normalised_stage_features():
     with torch.no_grad():
         features = multilevel(batch)
         final = plain(batch)
-        # independent reference: timm's own per-block outputs (its index 0 is the stem: 5, 6, 7 are
-        # blocks 4, 5, 6)
-        stages = plain.body.forward_intermediates(batch, indices=[5, 6, 7], extra_blocks=True,
+        # independent reference: timm's own per-block outputs (its index 0 is the stem: index i + 1
+        # is block i)
+        blocks = plain.body.forward_intermediates(batch, indices=[3, 4, 5, 6, 7], extra_blocks=True,
                                                   intermediates_only=True)
-    expected = [torch.nn.functional.normalize(s.mean((2, 3)), dim=1) for s in stages]
+    grids = [3, 3, 3, 1, 1]
+    expected = [torch.nn.functional.normalize(torch.nn.functional.adaptive_avg_pool2d(b, g).flatten(1), dim=1)
+                for b, g in zip(blocks, grids)]
     expected.append(torch.nn.functional.normalize(final, dim=1))
-    assert features.shape == (3, multilevel.feature_dim) == (3, 112 + 192 + 320 + 1280)
+    assert features.shape == (3, multilevel.feature_dim) == (3, (40 + 80 + 112) * 9 + 192 + 320 + 1280)
     torch.testing.assert_close(features, torch.cat(expected, 1), atol=1e-5, rtol=1e-4)
 
 

@@ -49,6 +49,30 @@ def test_matches_float64_svd(features):
     np.testing.assert_allclose(projected * signs, reference, rtol=1e-6, atol=1e-6 * np.abs(reference).max())
 
 
+def test_wide_inputs_take_column_blocks_with_the_same_result(features, monkeypatch):
+    import nolabel.cluster.pca as pca_module
+
+    reference = PCA(RANK).fit(features)
+    monkeypatch.setattr(pca_module, "SYRK_SAFE_WIDTH", 7)  # 48 columns: 7 blocks, the last one short
+    x = np.asarray(features[:100], dtype=np.float64)
+    np.testing.assert_allclose(pca_module.cross_products(x), x.T @ x.copy(), rtol=1e-12)
+    blocked = PCA(RANK).fit(features)
+    np.testing.assert_allclose(blocked.components_, reference.components_, atol=1e-10)
+    np.testing.assert_allclose(blocked.explained_variance_, reference.explained_variance_, rtol=1e-10)
+
+
+@pytest.mark.slow
+def test_cross_products_wider_than_openblas_syrk_survives():
+    from nolabel.cluster.pca import cross_products
+
+    # One X^T X call at this width segfaulted the process (multithreaded OpenBLAS 0.3.31 dsyrk) in 4 runs
+    # out of 4 on the idle development machine; under load it can pass (a race). 2.4 GB.
+    x = np.random.default_rng(0).standard_normal((500, 17_280))
+    out = cross_products(x)
+    np.testing.assert_allclose(out[:5, -5:], x[:, :5].T @ x[:, -5:], rtol=1e-12)
+    np.testing.assert_allclose(np.diag(out)[:100], (x[:, :100] ** 2).sum(0), rtol=1e-12)
+
+
 def test_sign_convention_largest_entry_positive(features):
     pca = PCA(n_components=10).fit(features)
     largest = np.argmax(np.abs(pca.components_), axis=1)

@@ -10,6 +10,7 @@ import yaml
 from nolabel.cli import main
 from nolabel.config import RunConfig, dump_config, load_config
 from nolabel.errors import NolabelError
+from nolabel.io import read_json
 from nolabel.run import format_summary, run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -135,9 +136,9 @@ def test_run_with_simclr_scan_and_selflabel_adds_a_row_per_stage(tmp_path):
                  "baseline.enabled=false", "report=false",
                  "pretrain.epochs=1", "pretrain.batch_size=128", "pretrain.image_size=16", "pretrain.monitor_size=200",
                  "pretrain.monitor_bank=500",
-                 "scan.epochs=2", "scan.n_heads=2", "scan.batch_size=128", "scan.lr=0.001", "scan.augmented_views=1",
-                 "scan.mine_neighbors=5",
-                 "selflabel.epochs=1", "selflabel.batch_size=128", "selflabel.strong_views=1", "selflabel.threshold=0.5"]
+                 "scan.epochs=2", "scan.n_heads=2", "scan.batch_size=128", "scan.lr=0.001", "scan.weak_views=1",
+                 "scan.strong_views=1", "scan.mine_neighbors=5",
+                 "selflabel.epochs=1", "selflabel.batch_size=128", "selflabel.strong_views=2", "selflabel.threshold=0.5"]
     logs: list[str] = []
     summary = run(load_config(None, overrides), tmp_path / "r", progress=False, log=logs.append)
     methods = [row["method"] for row in summary["rows"]]
@@ -147,6 +148,9 @@ def test_run_with_simclr_scan_and_selflabel_adds_a_row_per_stage(tmp_path):
         assert 0.1 < row["sources"][0]["metrics"]["acc"] <= 1
     for path in ("pretrain/backbone.pt", "scan/predictions.npy", "scan/neighbors.npy", "selflabel/predictions.npy"):
         assert (tmp_path / "r" / path).exists(), path
+    # SCAN samples one weak and the first strong view; the strong views are written once for both stages.
+    assert read_json(tmp_path / "r" / "scan" / "scan.json")["augmented_views"] == 2
+    assert sorted(p.name for p in (tmp_path / "r" / "views_strong").iterdir()) == ["view0", "view1"]
     logs.clear()
     again = run(load_config(None, overrides), tmp_path / "r", progress=False, log=logs.append)
     assert [line for line in logs if "up to date" in line] == [

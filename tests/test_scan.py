@@ -237,8 +237,10 @@ def test_whole_network_mode_trains_backbone_and_heads_then_self_labels(tmp_path)
     assert summary["mode"] == "network" and summary["metrics"]["n"] == 1797
 
 
-def test_augmented_view_stores_differ_per_view_and_are_kept(tmp_path):
+def test_augmented_view_stores_differ_per_view_are_kept_and_follow_the_weights(tmp_path):
     from nolabel.cluster.scan import write_augmented_views
+    from nolabel.io import sha256_file
+    from nolabel.models import create
     from nolabel.store import FeatureStore
 
     paths = write_augmented_views("digits", "cnn28", tmp_path, kind="strong", n_views=2, image_size=16,
@@ -250,5 +252,13 @@ def test_augmented_view_stores_differ_per_view_and_are_kept(tmp_path):
     stamp = (paths[0] / "features.npy").stat().st_mtime_ns
     write_augmented_views("digits", "cnn28", tmp_path, kind="strong", n_views=2, image_size=16, show_progress=False)
     assert (paths[0] / "features.npy").stat().st_mtime_ns == stamp
+    # Other weights under the same path (a retrained backbone): the stale views are recomputed.
+    backbone = create("cnn28")
+    torch.save({"state_dict": backbone.body.state_dict()}, tmp_path / "backbone.pt")
+    write_augmented_views("digits", "cnn28", tmp_path, kind="strong", n_views=1, image_size=16,
+                          weights=tmp_path / "backbone.pt", show_progress=False)
+    assert (paths[0] / "features.npy").stat().st_mtime_ns != stamp
+    assert FeatureStore.open(paths[0]).manifest["weights_sha256"] == sha256_file(tmp_path / "backbone.pt")
+    assert not np.allclose(np.asarray(FeatureStore.open(paths[0]).features), a)
     with pytest.raises(Exception, match="kind"):
         write_augmented_views("digits", "cnn28", tmp_path, kind="medium", n_views=1)

@@ -150,14 +150,22 @@ def _scan_stages(cfg: RunConfig, out: Path, train: store.FeatureStore, weights: 
     source = {"features": train.manifest.get("weights_sha256"), "n": train.n, "dim": train.dim}
     rows = []
 
+    def views(kind: str, count: int) -> list[Path]:
+        """The first `count` stored views of `kind`; strong views are written once for both stages."""
+        if network or count == 0:
+            return []
+        if kind == "strong":
+            count = max(scan.strong_views, cfg.selflabel.strong_views if cfg.selflabel else 0)
+        return write_augmented_views(cfg.data.train, cfg.model.name, out / f"views_{kind}", kind=kind,
+                                     n_views=count, weights=weights, image_size=image_size, bf16=bf16,
+                                     seed=scan.seed, show_progress=progress)
+
     t = time.perf_counter()
     settings = {"scan": asdict(scan), "inputs": source}
     if _stage_done(out / "scan", settings):
         log("scan: up to date")
     else:
-        augmented = [] if network else write_augmented_views(
-            cfg.data.train, cfg.model.name, out / "views_weak", kind="weak", n_views=scan.augmented_views,
-            weights=weights, image_size=image_size, bf16=bf16, seed=scan.seed, show_progress=progress)
+        augmented = views("weak", scan.weak_views) + views("strong", scan.strong_views)[:scan.strong_views]
         log(f"scan: {scan.n_heads} heads, K = {scan.n_clusters}, {scan.mode} mode")
         run_scan(out / "scan", **inputs, augmented=augmented, num_neighbors=scan.mine_neighbors,
                  config=scan.library_config(), force=True, show_progress=progress)
@@ -172,10 +180,8 @@ def _scan_stages(cfg: RunConfig, out: Path, train: store.FeatureStore, weights: 
         if _stage_done(out / "selflabel", settings):
             log("selflabel: up to date")
         else:
-            augmented = [] if network else write_augmented_views(
-                cfg.data.train, cfg.model.name, out / "views_strong", kind="strong",
-                n_views=cfg.selflabel.strong_views, weights=weights, image_size=image_size, bf16=bf16,
-                seed=cfg.selflabel.seed, show_progress=progress)
+            strong_views = cfg.selflabel.strong_views
+            augmented = views("strong", strong_views)[:strong_views]
             log(f"selflabel: confidence > {cfg.selflabel.threshold}")
             inputs_sl = ({"data": cfg.data.train, "model": cfg.model.name, "image_size": image_size}
                          if network else {"features": str(train.path)})

@@ -38,7 +38,7 @@ from .. import distributed
 from ..errors import NolabelError
 from ..io import read_rows
 from ._faiss import gpu_count, import_faiss
-from .pca import _check_2d, _is_int
+from .pca import _check_2d, _is_int, cross_products
 
 # Rows per chunk. The chunk grid is global (chunk c holds rows [c*CHUNK_SIZE, (c+1)*CHUNK_SIZE))
 # and processes own whole chunks, so every chunk is searched the same way in one process or many.
@@ -360,7 +360,7 @@ def _half_gap_to_nearest_other(centroids: np.ndarray) -> np.ndarray:
         return np.full(1, np.inf)
     c = centroids.astype(np.float64)
     sq = (c ** 2).sum(axis=1)
-    gaps = sq[:, None] + sq[None, :] - 2 * c @ c.T
+    gaps = sq[:, None] + sq[None, :] - 2 * cross_products(c.T)  # c @ c.T, safe for k > 16k
     np.fill_diagonal(gaps, np.inf)
     # The expanded form loses ~1e-16 |c|^2; shave a relative margin so the test stays conservative.
     return 0.5 * np.sqrt(np.maximum(gaps.min(axis=1) - 1e-12 * 2 * sq.max(), 0.0))

@@ -31,6 +31,8 @@ DEFAULT_CHUNK_SIZE = 8192
 WHITEN_EPS = 1e-12
 # Inputs of more chunks than this show a progress bar.
 PROGRESS_MIN_CHUNKS = 16
+# Widest X for which X^T X goes to BLAS in one call; wider ones go in column blocks (`cross_products`).
+SYRK_SAFE_WIDTH = 8192
 
 
 class PCA:
@@ -78,7 +80,7 @@ class PCA:
                 shift = chunk.mean(axis=0)
             chunk -= shift
             sum_x += chunk.sum(axis=0)
-            sum_xx += chunk.T @ chunk
+            sum_xx += cross_products(chunk)
         shifted_mean = sum_x / n
         covariance = (sum_xx - n * np.outer(shifted_mean, shifted_mean)) / (n - 1)
         eigenvalues, eigenvectors = np.linalg.eigh(covariance)
@@ -177,6 +179,23 @@ class PCA:
     def _check_fitted(self) -> None:
         if not hasattr(self, "components_"):
             raise NolabelError("PCA is not fitted: call fit(X) or PCA.load(path) first")
+
+
+def cross_products(x: np.ndarray) -> np.ndarray:
+    """X^T X of a float (N, D) array, (D, D).
+
+    numpy hands X.T @ X to BLAS's symmetric rank-k update, and multithreaded OpenBLAS's dsyrk
+    segfaults for D above ~16k (numpy issue 19685 and kin; reproduced here with numpy 2.4's OpenBLAS
+    0.3.31 at D = 17,280, while D = 16,384 and one thread pass). Above SYRK_SAFE_WIDTH the product goes
+    in column blocks, which are general matrix products: twice the flops, no crash.
+    """
+    d = x.shape[1]
+    if d <= SYRK_SAFE_WIDTH:
+        return x.T @ x
+    out = np.empty((d, d), dtype=np.result_type(x.dtype, np.float32))
+    for start in range(0, d, SYRK_SAFE_WIDTH):
+        out[:, start:start + SYRK_SAFE_WIDTH] = x.T @ x[:, start:start + SYRK_SAFE_WIDTH]
+    return out
 
 
 def _check_2d(X: np.ndarray, what: str) -> tuple[int, int]:

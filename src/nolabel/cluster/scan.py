@@ -436,7 +436,8 @@ def write_augmented_views(data: str, model: str, out_dir: str | Path, *, kind: s
     """Features of `n_views` random augmented views of every image, one FeatureStore per view
     (`out_dir/view0`, ...), for SCAN and self-labeling on frozen features (`augmented=` of `run_scan`,
     `run_selflabel`). kind: "weak" (flip + translation) or "strong" (weak + 4 RandAugment-style ops +
-    Cutout). Finished views are kept (resumable)."""
+    Cutout). Finished views are kept (resumable) while they match the request, weights included
+    (by content hash); a view computed from other weights or settings is recomputed, with a message."""
     from ..augment import StrongAugment, WeakAugment
     from ..data import load
     from ..models import create
@@ -456,13 +457,18 @@ def write_augmented_views(data: str, model: str, out_dir: str | Path, *, kind: s
     for v in range(n_views):
         path = out / f"view{v}"
         paths.append(path)
+        wanted = {"model": model, "weights": str(weights) if weights else None,
+                  "weights_sha256": getattr(backbone.load_report, "sha256", None), "image_size": size,
+                  "augmentation": kind, "view": v, "seed": seed, "data": data}
         if is_complete(path):
-            continue
+            stored = FeatureStore.open(path).manifest
+            if all(stored.get(k) == value for k, value in wanted.items()):
+                continue
+            changed = ", ".join(k for k, value in wanted.items() if stored.get(k) != value)
+            print(f"{path}: stored {kind} view differs in {changed}; recomputing it", flush=True)
         generator = torch.Generator().manual_seed(seed * 1000 + v)
         feats = extract_features(backbone, images, size, batch_size, bf16, show_progress, augments[kind](), generator)
-        write_store(path, feats, dataset.labels, dataset.item_names,
-                    {"model": model, "weights": str(weights) if weights else None, "image_size": size,
-                     "augmentation": kind, "view": v, "seed": seed, "data": data})
+        write_store(path, feats, dataset.labels, dataset.item_names, wanted)
     return [FeatureStore.open(p).path for p in paths]
 
 
@@ -506,6 +512,7 @@ def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augment
                                     image_size=inputs["image_size"], out_dir=out, show_progress=show_progress)
     summary = {
         "mode": inputs["mode"], "n": int(len(base)), "num_neighbors": int(neighbors.shape[1]),
+        "augmented_views": 0 if inputs.get("augmented") is None else len(inputs["augmented"]),
         "neighbor_purity": neighbor_purity(neighbors, labels) if labels is not None else None,
         "best_head": result.best_head, "head_losses": result.head_losses,
         "metrics": _labelled_metrics(result.predictions, labels),
