@@ -21,9 +21,9 @@ time measured then (with the load average at that moment).
     .venv/bin/python benchmarks/fashion_mnist.py --quick     # 3,000-image smoke run, 1 seed, tiny schedules
 
 Writes results/fashion_mnist.json (results/fashion_mnist_quick.json with --quick) and the tables of
-BENCHMARKS.md. Cache: runs/benchmarks/<dataset>/. Cached heads are keyed by their training settings,
-not by the features: after changing a backbone's definition, delete its features_* folder and the
-family's *_scan_* / *_selflabel_* folders (or run with --fresh).
+BENCHMARKS.md. Cache: runs/benchmarks/<dataset>/. Features are keyed by model, size and width, heads
+by their settings and the features and neighbours they trained on; a backbone redefined under the same
+name and width needs --fresh.
 """
 from __future__ import annotations
 
@@ -197,7 +197,8 @@ def run_family(images: np.ndarray, labels: np.ndarray, family: Family, cache: Pa
     prepare = network_input(backbone, family.image_size)
     bf16 = True
     generator = torch.Generator().manual_seed(0)
-    feats_dir = cache / f"features_{family.model}_{family.image_size}px"
+    # The width in the name: a backbone whose definition changed under the same name gets a new folder.
+    feats_dir = cache / f"features_{family.model}_{family.image_size}px_{backbone.feature_dim}d"
 
     def views(augment, count: int) -> np.ndarray:
         return np.stack([
@@ -255,9 +256,10 @@ def run_family(images: np.ndarray, labels: np.ndarray, family: Family, cache: Pa
     # (measured under load: 2 threads ran a SCAN step ~5x slower than 1).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    # Cached heads are reused only under the settings that trained them.
+    # Cached heads are reused only for the settings, features and neighbours that trained them.
     tag = hashlib.sha256(json.dumps([asdict(family.scan), asdict(family.selflabel), family.scan_views,
-                                     family.scan_pca], sort_keys=True).encode()).hexdigest()[:8]
+                                     family.scan_pca, feats_dir.name, nb_name, family.weak_views,
+                                     family.strong_views], sort_keys=True).encode()).hexdigest()[:8]
     for seed in seeds:
         scan_dir = cache / f"{prefix}_scan_{tag}_seed{seed}"
         sl_dir = cache / f"{prefix}_selflabel_{tag}_seed{seed}"
