@@ -414,7 +414,7 @@ experiments (Fashion-MNIST, seed 0, 5 heads unless said) ran with at most three 
   under load and was replaced by PCA-64 + k-means, the project's default pipeline; MLP heads on all
   1,904 four-level dimensions ran > 18 minutes for one seed, hence PCA-256 before the heads.
 - **numpy's OpenBLAS crashed PCA on wide inputs.** Fitting PCA on the 17,280-d "all blocks on a 3 x 3
-  grid" variant segfaulted inside X^T X (multithreaded dsyrk, OpenBLAS 0.3.31, D > 16,384);
+  grid" variant segfaulted inside X^T X (multithreaded dsyrk, OpenBLAS 0.3.31, D >= 16,384);
   `nolabel.cluster.pca.cross_products` now multiplies such inputs in column blocks.
 """
 

@@ -65,9 +65,9 @@ def test_wide_inputs_take_column_blocks_with_the_same_result(features, monkeypat
 def test_cross_products_wider_than_openblas_syrk_survives():
     from nolabel.cluster.pca import cross_products
 
-    # One X^T X call at this width segfaulted the process (multithreaded OpenBLAS 0.3.31 dsyrk) in 4 runs
-    # out of 4 on the idle development machine; under load it can pass (a race). 2.4 GB.
-    x = np.random.default_rng(0).standard_normal((500, 17_280))
+    # One X^T X call of this shape segfaults the process (multithreaded OpenBLAS 0.3.31 dsyrk, every time
+    # on the development machine; 500 rows passed). 2.4 GB, ~20 s.
+    x = np.random.default_rng(0).standard_normal((2_000, 17_280))
     out = cross_products(x)
     np.testing.assert_allclose(out[:5, -5:], x[:, :5].T @ x[:, -5:], rtol=1e-12)
     np.testing.assert_allclose(np.diag(out)[:100], (x[:, :100] ** 2).sum(0), rtol=1e-12)

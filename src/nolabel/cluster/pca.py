@@ -185,9 +185,10 @@ def cross_products(x: np.ndarray) -> np.ndarray:
     """X^T X of a float (N, D) array, (D, D).
 
     numpy hands X.T @ X to BLAS's symmetric rank-k update, and multithreaded OpenBLAS's dsyrk
-    segfaults for D above ~16k (numpy issue 19685 and kin; reproduced here with numpy 2.4's OpenBLAS
-    0.3.31 at D = 17,280, while D = 16,384 and one thread pass). Above SYRK_SAFE_WIDTH the product goes
-    in column blocks, which are general matrix products: twice the flops, no crash.
+    segfaults on wide X (numpy issue 19685 and kin). Reproduced here with numpy 2.4's OpenBLAS 0.3.31
+    and 2,000 or 8,192 rows: D = 16,384 and 17,280 crash every time, D <= 14,000 and one thread pass.
+    Above SYRK_SAFE_WIDTH the product goes in column blocks, which are general matrix products: twice
+    the flops, no crash.
     """
     d = x.shape[1]
     if d <= SYRK_SAFE_WIDTH:
