@@ -151,21 +151,21 @@ def _scan_stages(cfg: RunConfig, out: Path, train: store.FeatureStore, weights: 
     rows = []
 
     def views(kind: str, count: int) -> list[Path]:
-        """The first `count` stored views of `kind`; strong views are written once for both stages."""
+        """The first `count` stored views of `kind`; the strong ones are written once, as many as the
+        stage that samples most of them needs."""
         if network or count == 0:
             return []
-        if kind == "strong":
-            count = max(scan.strong_views, cfg.selflabel.strong_views if cfg.selflabel else 0)
+        stored = count if kind == "weak" else max(scan.strong_views, cfg.selflabel.strong_views if cfg.selflabel else 0)
         return write_augmented_views(cfg.data.train, cfg.model.name, out / f"views_{kind}", kind=kind,
-                                     n_views=count, weights=weights, image_size=image_size, bf16=bf16,
-                                     seed=scan.seed, show_progress=progress)
+                                     n_views=stored, weights=weights, image_size=image_size, bf16=bf16,
+                                     seed=scan.seed, show_progress=progress)[:count]
 
     t = time.perf_counter()
     settings = {"scan": asdict(scan), "inputs": source}
     if _stage_done(out / "scan", settings):
         log("scan: up to date")
     else:
-        augmented = views("weak", scan.weak_views) + views("strong", scan.strong_views)[:scan.strong_views]
+        augmented = views("weak", scan.weak_views) + views("strong", scan.strong_views)
         log(f"scan: {scan.n_heads} heads, K = {scan.n_clusters}, {scan.mode} mode")
         run_scan(out / "scan", **inputs, augmented=augmented, num_neighbors=scan.mine_neighbors,
                  config=scan.library_config(), force=True, show_progress=progress)
@@ -180,8 +180,7 @@ def _scan_stages(cfg: RunConfig, out: Path, train: store.FeatureStore, weights: 
         if _stage_done(out / "selflabel", settings):
             log("selflabel: up to date")
         else:
-            strong_views = cfg.selflabel.strong_views
-            augmented = views("strong", strong_views)[:strong_views]
+            augmented = views("strong", cfg.selflabel.strong_views)
             log(f"selflabel: confidence > {cfg.selflabel.threshold}")
             inputs_sl = ({"data": cfg.data.train, "model": cfg.model.name, "image_size": image_size}
                          if network else {"features": str(train.path)})
