@@ -6,6 +6,7 @@ helper degrades to the single-process answer, so library code calls them uncondi
 """
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -21,7 +22,15 @@ def init(backend: str | None = None) -> bool:
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend=backend)
+    # Exiting with the group alive leaves gloo's threads to die with the interpreter: a rank then
+    # aborted ("terminate called without an active exception") in ~2 of 10 two-process k-means runs.
+    atexit.register(_leave)
     return True
+
+
+def _leave() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
 
 
 def is_distributed() -> bool:
