@@ -171,3 +171,10 @@ def test_run_config_rejects_contradictory_stages():
         load_config(None, ["selflabel.epochs=1"])
     with pytest.raises(NolabelError, match="scan.mode"):
         load_config(None, ["scan.mode=magic"])
+    with pytest.raises(NolabelError, match="scan.weak_views: must be at least 0, got -1"):
+        load_config(None, ["scan.weak_views=-1"])
+    with pytest.raises(NolabelError, match="selflabel.strong_views: must be at least 0, got -1"):
+        load_config(None, ["scan.epochs=1", "selflabel.strong_views=-1"])
+    # A configuration written before the key was split names the keys that replace it.
+    with pytest.raises(NolabelError, match="unknown key.*augmented_views.*strong_views.*weak_views"):
+        load_config(None, ["scan.augmented_views=2"])
