@@ -137,7 +137,7 @@ def test_run_with_simclr_scan_and_selflabel_adds_a_row_per_stage(tmp_path):
                  "pretrain.epochs=1", "pretrain.batch_size=128", "pretrain.image_size=16", "pretrain.monitor_size=200",
                  "pretrain.monitor_bank=500",
                  "scan.epochs=2", "scan.n_heads=2", "scan.batch_size=128", "scan.lr=0.001", "scan.weak_views=1",
-                 "scan.strong_views=1", "scan.mine_neighbors=5",
+                 "scan.strong_views=1", "scan.mine_neighbors=5", "scan.pca=32",
                  "selflabel.epochs=1", "selflabel.batch_size=128", "selflabel.strong_views=2", "selflabel.threshold=0.5"]
     logs: list[str] = []
     summary = run(load_config(None, overrides), tmp_path / "r", progress=False, log=logs.append)
@@ -149,7 +149,9 @@ def test_run_with_simclr_scan_and_selflabel_adds_a_row_per_stage(tmp_path):
     for path in ("pretrain/backbone.pt", "scan/predictions.npy", "scan/neighbors.npy", "selflabel/predictions.npy"):
         assert (tmp_path / "r" / path).exists(), path
     # SCAN samples one weak and the first strong view; the strong views are written once for both stages.
-    assert read_json(tmp_path / "r" / "scan" / "scan.json")["augmented_views"] == 2
+    scan_json = read_json(tmp_path / "r" / "scan" / "scan.json")
+    assert scan_json["augmented_views"] == 2 and scan_json["pca_components"] == 32
+    assert (tmp_path / "r" / "scan" / "pca.npz").exists()  # self-labeling's heads take the same 32-d inputs
     assert sorted(p.name for p in (tmp_path / "r" / "views_strong").iterdir()) == ["view0", "view1"]
     logs.clear()
     again = run(load_config(None, overrides), tmp_path / "r", progress=False, log=logs.append)
@@ -175,6 +177,10 @@ def test_run_config_rejects_contradictory_stages():
         load_config(None, ["scan.weak_views=-1"])
     with pytest.raises(NolabelError, match="selflabel.strong_views: must be at least 0, got -1"):
         load_config(None, ["scan.epochs=1", "selflabel.strong_views=-1"])
+    with pytest.raises(NolabelError, match="scan.pca: must be at least 1, got 0"):
+        load_config(None, ["scan.pca=0"])
+    with pytest.raises(NolabelError, match="scan.pca applies to features mode only"):
+        load_config(None, ["scan.mode=network", "scan.pca=64"])
     # A configuration written before the key was split names the keys that replace it.
     with pytest.raises(NolabelError, match="unknown key.*augmented_views.*strong_views.*weak_views"):
         load_config(None, ["scan.augmented_views=2"])

@@ -262,3 +262,48 @@ def test_augmented_view_stores_differ_per_view_are_kept_and_follow_the_weights(t
     assert not np.allclose(np.asarray(FeatureStore.open(paths[0]).features), a)
     with pytest.raises(Exception, match="kind"):
         write_augmented_views("digits", "cnn28", tmp_path, kind="medium", n_views=1)
+
+
+def test_scan_stage_pca_feeds_neighbours_heads_and_selflabel(tmp_path):
+    from sklearn.datasets import load_digits
+    from sklearn.decomposition import PCA as SkPCA
+
+    from nolabel.cluster.scan import run_scan
+    from nolabel.cluster.selflabel import SelfLabelConfig, run_selflabel
+    from nolabel.errors import NolabelError
+    from nolabel.store import write_store
+
+    digits = load_digits()
+    x = (digits.data / 16).astype(np.float32)
+    items = [f"all/{i}" for i in range(len(x))]
+    write_store(tmp_path / "feats", x, digits.target, items, {"model": "pixels"})
+    write_store(tmp_path / "aug", x + np.float32(0.05), digits.target, items, {"model": "pixels"})
+    config = ScanConfig(n_clusters=10, n_heads=2, epochs=30, batch_size=256, lr=1e-2, hidden_dim=64)
+    summary = run_scan(tmp_path / "scan", features=tmp_path / "feats", augmented=[tmp_path / "aug"],
+                       num_neighbors=10, pca_components=16, config=config, show_progress=False)
+    assert summary["pca_components"] == 16 and summary["metrics"]["acc"] > 0.6
+    heads, _, _ = load_scan(tmp_path / "scan" / "scan.pt")
+    assert heads.in_dim == 16
+    # Neighbours were mined in the PCA space: compare with scikit-learn's PCA (float64).
+    reference = mine_neighbors(SkPCA(16).fit_transform(x.astype(np.float64)).astype(np.float32), k=10)
+    mined = np.load(tmp_path / "scan" / "neighbors.npy")
+    same = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(mined, reference)])
+    assert same > 0.97
+    # Self-labeling projects its features with the saved PCA (16-d heads on 64-d features would fail).
+    sl = run_selflabel(tmp_path / "scan", tmp_path / "sl", features=tmp_path / "feats",
+                       augmented=[tmp_path / "aug"], config=SelfLabelConfig(threshold=0.9, epochs=2, lr=1e-3),
+                       show_progress=False)
+    assert sl["metrics"]["acc"] > 0.6
+    # Recomputing the folder without PCA removes it, so self-labeling sees the features as they are.
+    run_scan(tmp_path / "scan", features=tmp_path / "feats", num_neighbors=10, config=config, force=True,
+             show_progress=False)
+    assert not (tmp_path / "scan" / "pca.npz").exists()
+    assert load_scan(tmp_path / "scan" / "scan.pt")[0].in_dim == 64
+    # Bad requests fail before any training, naming the limit.
+    with pytest.raises(NolabelError, match="at most 64"):
+        run_scan(tmp_path / "bad", features=tmp_path / "feats", pca_components=65, config=config)
+    with pytest.raises(NolabelError, match=">= 1"):
+        run_scan(tmp_path / "bad", features=tmp_path / "feats", pca_components=0, config=config)
+    with pytest.raises(NolabelError, match="frozen"):
+        run_scan(tmp_path / "bad", data="digits", model="cnn28", pca_components=8, config=config)
+    assert not (tmp_path / "bad" / "scan.pt").exists()

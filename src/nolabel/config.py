@@ -130,9 +130,16 @@ class ScanStageConfig(ScanConfig):
     # self-labeling trains on (benchmarks/fashion_mnist.py).
     weak_views: int = 2
     strong_views: int = 2
+    # features mode: PCA dimensions of the heads' inputs (null: the features as they are); wide
+    # multi-level transfer features need it (benchmarks/fashion_mnist.py uses 256 on 3,880-d)
+    pca: int | None = None
 
     def validate(self) -> None:
         _choice("scan.mode", self.mode, ("features", "network"))
+        if self.pca is not None:
+            _at_least("scan.pca", self.pca, 1)
+            if self.mode != "features":
+                raise NolabelError("scan.pca applies to features mode only (heads on frozen features)")
         _at_least("scan.mine_neighbors", self.mine_neighbors, 1)
         _at_least("scan.weak_views", self.weak_views, 0)
         _at_least("scan.strong_views", self.strong_views, 0)

@@ -168,7 +168,7 @@ def _scan_stages(cfg: RunConfig, out: Path, train: store.FeatureStore, weights: 
         augmented = views("weak", scan.weak_views) + views("strong", scan.strong_views)
         log(f"scan: {scan.n_heads} heads, K = {scan.n_clusters}, {scan.mode} mode")
         run_scan(out / "scan", **inputs, augmented=augmented, num_neighbors=scan.mine_neighbors,
-                 config=scan.library_config(), force=True, show_progress=progress)
+                 pca_components=scan.pca, config=scan.library_config(), force=True, show_progress=progress)
         _stage_finished(out / "scan", settings)
     timings["scan"] = time.perf_counter() - t
     rows.append(_predictions_row(f"{cfg.model.name}{' (SimCLR)' if cfg.pretrain else ''} + SCAN", out / "scan",

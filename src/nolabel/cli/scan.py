@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--k", type=int, default=10, help="number of clusters")
     p.add_argument("--neighbors", type=int, default=20, help="neighbours mined per image")
+    p.add_argument("--pca", type=int, metavar="D",
+                   help="frozen mode: project the features to D PCA dimensions before mining neighbours and "
+                        "training the heads (self-labeling reuses the PCA)")
     p.add_argument("--heads", type=int, default=10, help="heads trained together; the lowest-loss one is kept")
     p.add_argument("--entropy-weight", type=float, default=5.0)
     p.add_argument("--epochs", type=int, default=50)
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
                         hidden_dim=args.hidden_dim, seed=args.seed, bf16=args.bf16)
     summary = run_scan(args.out, features=args.features, augmented=args.augmented, data=args.data, model=args.model,
                        weights=args.weights, image_size=args.image_size, num_neighbors=args.neighbors,
+                       pca_components=args.pca,
                        config=config, force=args.force, show_progress=not args.quiet)
     if distributed.is_main():
         best = summary["head_losses"][summary["best_head"]]

@@ -472,14 +472,55 @@ def write_augmented_views(data: str, model: str, out_dir: str | Path, *, kind: s
     return [FeatureStore.open(p).path for p in paths]
 
 
+PCA_FILE = "pca.npz"
+
+
+def project_inputs(inputs: dict[str, Any], pca: Any) -> dict[str, Any]:
+    """Frozen-mode stage inputs (`load_stage_inputs`) with the clean (N, D) and augmented (V, N, D)
+    features projected by a fitted `nolabel.cluster.pca.PCA` to (N, d) and (V, N, d)."""
+    if pca.components_.shape[1] != inputs["features"].shape[1]:
+        raise NolabelError(f"the stage's PCA expects {pca.components_.shape[1]}-d features, "
+                           f"got {inputs['features'].shape[1]}-d")
+    augmented = inputs["augmented"]
+    return {**inputs, "features": pca.transform(inputs["features"]),
+            "augmented": None if augmented is None else np.stack([pca.transform(v) for v in augmented])}
+
+
+def _stage_pca(out: Path, inputs: dict[str, Any], n_components: int | None, force: bool) -> dict[str, Any]:
+    """PCA before the heads (frozen mode): fitted on the clean features, saved as `out/pca.npz` for
+    self-labeling and reused when an interrupted run resumes. MLP heads on all 3,880 dimensions of
+    `efficientnet_lite0_multilevel` would cost a CPU many times more per step than on 256."""
+    from .pca import PCA
+
+    path = out / PCA_FILE
+    if n_components is None:
+        if path.exists():  # from an earlier run of this folder with PCA: it must not reach self-labeling
+            path.unlink()
+        return inputs
+    n, dim = inputs["features"].shape
+    if n_components > min(n, dim):
+        raise NolabelError(f"PCA to {n_components} dimensions: the features have {n} rows of width {dim}; "
+                           f"ask for at most {min(n, dim)}")
+    pca = PCA.load(path) if path.exists() and not force else None
+    if pca is None or pca.components_.shape != (n_components, dim):
+        pca = PCA(n_components).fit(inputs["features"])
+        if distributed.is_main():
+            out.mkdir(parents=True, exist_ok=True)
+            pca.save(path)
+    return project_inputs(inputs, pca)
+
+
 def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augmented: list[str | Path] | tuple = (),
              data: str | None = None, model: str | None = None, weights: str | Path | None = None,
-             image_size: int | None = None, num_neighbors: int = 20, config: ScanConfig | None = None,
-             force: bool = False, show_progress: bool = True) -> dict[str, Any]:
+             image_size: int | None = None, num_neighbors: int = 20, pca_components: int | None = None,
+             config: ScanConfig | None = None, force: bool = False, show_progress: bool = True) -> dict[str, Any]:
     """The SCAN stage from files: mine neighbours (reused from `out_dir/neighbors.npy` when present),
     train, and write into `out_dir`: neighbors.npy, scan.pt, probabilities.npy (N, K), predictions.npy
     (N,), scan.json (chosen head, per-head losses, neighbour purity and metrics when labels exist).
-    Returns scan.json's content."""
+
+    pca_components: frozen mode only; project the features (and augmented views) to this many PCA
+    dimensions before mining neighbours and training the heads (the PCA is saved as pca.npz and
+    self-labeling applies it too). Returns scan.json's content."""
     from ..io import refuse_overwrite, save_npy, write_json
     from .neighbors import load_neighbors, mine_neighbors, neighbor_purity, save_neighbors
 
@@ -488,8 +529,14 @@ def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augment
     if force and (out / "scan_state.pt").exists():
         (out / "scan_state.pt").unlink()
     config = config or ScanConfig()
+    config.validate()
+    if pca_components is not None and (data is not None or pca_components < 1):
+        raise NolabelError("PCA before the heads takes a number of dimensions >= 1 and applies to frozen "
+                           f"features (--features) only; got {pca_components} with "
+                           f"{'--data (whole network)' if data is not None else '--features'}")
     inputs = load_stage_inputs(features, augmented, data, model, weights, image_size)
     started = time.perf_counter()
+    inputs = _stage_pca(out, inputs, pca_components, force)
     if inputs["mode"] == "features":
         base = inputs["features"]
     else:
@@ -513,6 +560,7 @@ def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augment
     summary = {
         "mode": inputs["mode"], "n": int(len(base)), "num_neighbors": int(neighbors.shape[1]),
         "augmented_views": 0 if inputs.get("augmented") is None else len(inputs["augmented"]),
+        "pca_components": pca_components,
         "neighbor_purity": neighbor_purity(neighbors, labels) if labels is not None else None,
         "best_head": result.best_head, "head_losses": result.head_losses,
         "metrics": _labelled_metrics(result.predictions, labels),

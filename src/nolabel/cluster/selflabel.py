@@ -235,10 +235,12 @@ def run_selflabel(scan_dir: str | Path, out_dir: str | Path, *, features: str | 
     """The self-labeling stage from files: start from `scan_dir` (scan.pt, probabilities.npy of
     `run_scan`), train, and write into `out_dir`: selflabel.pt, probabilities.npy, predictions.npy and
     selflabel.json (skipped or not, the message, confident fractions, metrics when labels exist).
+    Frozen features go through SCAN's PCA (`scan_dir/pca.npz`) when SCAN used one.
 
     Network mode rebuilds `model` with the backbone weights SCAN saved in scan.pt."""
     from ..io import refuse_overwrite, save_npy, write_json
-    from .scan import _labelled_metrics, load_scan, load_stage_inputs
+    from .pca import PCA
+    from .scan import PCA_FILE, _labelled_metrics, load_scan, load_stage_inputs, project_inputs
 
     scan_dir, out = Path(scan_dir), Path(out_dir)
     refuse_overwrite(out / "selflabel.json", force, what="a finished self-labeling result")
@@ -252,6 +254,8 @@ def run_selflabel(scan_dir: str | Path, out_dir: str | Path, *, features: str | 
         raise NolabelError(f"{scan_dir}: SCAN ran on frozen features; self-label with --features, not --data")
     inputs = load_stage_inputs(features, augmented, data, model or saved["meta"].get("model"), None, image_size,
                                backbone_state)
+    if inputs["mode"] == "features" and (scan_dir / PCA_FILE).exists():  # the heads' input space
+        inputs = project_inputs(inputs, PCA.load(scan_dir / PCA_FILE))
     head = heads.single(best)
     if inputs["mode"] == "features":
         result = train_selflabel_features(inputs["features"], head, scan_probabilities, config, inputs["augmented"],
