@@ -394,6 +394,20 @@ experiments (Fashion-MNIST, seed 0, 5 heads unless said) ran with at most three 
   this: on the session-2 neighbours the label partition (0.9 on the true class) has a SCAN loss of
   -10.71, SCAN's partition -10.91. More optimisation (epochs, heads, entropy weight) cannot fix that;
   only features whose neighbours separate shirts (purity of shirt's neighbours: 0.59) can.
+- **Purer transfer neighbours, same ACC** (session 4). The deep levels blur garments the grid keeps
+  apart: on the 10,000 test images (purity at 20, all levels L2-normalised) the six levels give 0.817,
+  blocks 2-4 on the 3 x 3 grid alone 0.841 (blocks 3-4 0.842, block 2 on 6 x 6 with blocks 3-4 on 3 x 3
+  0.843; adding block 5 or 6 on a grid, or the pooled levels at half weight, 0.831-0.840); at 64 px
+  0.831, at 128 px 0.830. On all 70,000 images, neighbours mined on PCA-256 of the grid levels alone
+  are purer at 40 (0.875 against 0.853; shirt 0.635 against 0.607), but SCAN heads on the six levels
+  trained on them reach 0.757 / 0.762 / 0.783 (seeds 0-2; 0.767 mean against 0.783): the shirt
+  cluster is as mixed as before. On 10,000 images, heads on the grid levels alone: 0.709 / 0.680
+  against 0.704 / 0.760. Other tries that left purity at 40 where it was (0.853): a contrastive MLP
+  (NT-Xent between the clean, weak and strong views' features, 20 epochs) on PCA-256, 0.853 in its
+  hidden layer and 0.836 in its projection; the transfer features concatenated with the from-scratch
+  SimCLR features (weights 0.5 / 1 / 1.5: 0.855 / 0.852 / 0.846); and at 20 on 10,000 images, padding
+  the garment inside the frame (0.804), inverting it (0.822), or 80 + 112 px features together
+  (0.824), against 0.820.
 - **Transfer variants on session 2's four-level feature that did not move ACC** (seed 0, MLP heads on
   PCA-256, strong view only, 0.767 as the reference): 5 neighbours instead of 20, 0.765; 60 SCAN epochs
   instead of 30, 0.767; entropy weight 10 or 20 instead of 5, 0.766 and 0.763; neighbours re-mined in

@@ -91,6 +91,13 @@ def test_run_end_to_end_then_resume_then_change_one_stage(tmp_path):
     again = run(_digits_config(), out, progress=False, log=logs.append)
     assert sum("up to date" in line for line in logs) == 4  # both extractions, both clusterings
     assert again["rows"] == summary["rows"]
+    # A folder written before a key existed (here: kmeans.seed, at its default) is the same configuration.
+    stored = yaml.safe_load((out / "config.yaml").read_text())
+    del stored["kmeans"]["seed"]
+    (out / "config.yaml").write_text(yaml.safe_dump(stored))
+    logs.clear()
+    run(_digits_config(), out, progress=False, log=logs.append)
+    assert sum("up to date" in line for line in logs) == 4
 
     with pytest.raises(NolabelError, match="another configuration"):
         run(_digits_config(**{"kmeans.k": 12}), out, progress=False, log=logs.append)

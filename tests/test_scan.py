@@ -307,3 +307,49 @@ def test_scan_stage_pca_feeds_neighbours_heads_and_selflabel(tmp_path):
     with pytest.raises(NolabelError, match="frozen"):
         run_scan(tmp_path / "bad", data="digits", model="cnn28", pca_components=8, config=config)
     assert not (tmp_path / "bad" / "scan.pt").exists()
+
+
+def test_device_names_resolve_or_fail_clearly():
+    from nolabel.distributed import resolve_device
+    from nolabel.errors import NolabelError
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(NolabelError, match="device must be one of auto, cpu, cuda, got 'gpu'"):
+        resolve_device("gpu")
+    with pytest.raises(NolabelError, match="device must be one of"):
+        ScanConfig(device="gpu").validate()
+    if not torch.cuda.is_available():
+        with pytest.raises(NolabelError, match="no CUDA device is visible"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a CPU-only machine gives")
+def test_cli_scan_on_cuda_without_a_gpu_fails_before_writing(tmp_path, capsys):
+    from nolabel.cli import main
+    from nolabel.store import write_store
+
+    x, y = _blobs()
+    write_store(tmp_path / "feats", x, y, [f"all/{i}" for i in range(len(x))], {"model": "pixels"})
+    assert main(["scan", "--features", str(tmp_path / "feats"), "--out", str(tmp_path / "scan"), "--device", "cuda",
+                 "--quiet"]) == 2
+    assert "no CUDA device is visible" in capsys.readouterr().err
+    assert not (tmp_path / "scan").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_scan_and_selflabel_train_on_the_gpu_and_hand_back_cpu_modules(tmp_path):
+    from nolabel.cluster.selflabel import SelfLabelConfig, train_selflabel_features
+
+    x, y = _blobs()
+    nb = mine_neighbors(x, k=10)
+    config = ScanConfig(n_clusters=4, n_heads=2, epochs=20, batch_size=100, lr=1e-2, hidden_dim=32, device="cuda")
+    result = train_scan_features(x, nb, config, out_dir=tmp_path / "scan", show_progress=False)
+    assert evaluate(result.predictions, y)["acc"] > 0.95
+    assert all(p.device.type == "cpu" for p in result.heads.parameters())
+    head = result.heads.single(result.best_head)
+    sl = train_selflabel_features(x, head, result.probabilities,
+                                  SelfLabelConfig(threshold=0.9, epochs=2, lr=1e-3, device="cuda"),
+                                  out_dir=tmp_path / "sl", show_progress=False)
+    assert evaluate(sl.predictions, y)["acc"] > 0.95
+    assert all(p.device.type == "cpu" for p in head.parameters())

@@ -79,3 +79,26 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     # A finished run returns at once with its history.
     again = train_simclr(images, tmp_path / "resumed", _config(), show_progress=False)
     assert len(again.history) == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a CPU-only machine gives")
+def test_force_with_an_unavailable_device_keeps_the_finished_pretext(tmp_path):
+    from nolabel.errors import NolabelError
+    from nolabel.pretrain import pretrain_simclr
+
+    (tmp_path / "backbone.pt").write_bytes(b"a finished run")
+    with pytest.raises(NolabelError, match="no CUDA device is visible"):
+        pretrain_simclr("digits", tmp_path, SimCLRConfig(epochs=1, image_size=16, device="cuda"), force=True)
+    assert (tmp_path / "backbone.pt").read_bytes() == b"a finished run"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_training_on_the_gpu_hands_back_a_cpu_backbone_that_matches_its_checkpoint(tmp_path):
+    images, labels = _digits()
+    images, labels = images[:600], labels[:600]
+    result = train_simclr(images, tmp_path, _config(device="cuda"), labels=labels, show_progress=False)
+    assert 0.3 < result.history[-1]["knn_acc"] <= 1.0
+    assert all(p.device.type == "cpu" for p in result.backbone.parameters())
+    loaded = create("cnn28", weights=tmp_path / "backbone.pt")
+    np.testing.assert_allclose(extract_features(result.backbone, images[:50], image_size=16),
+                               extract_features(loaded, images[:50], image_size=16), atol=1e-5)

@@ -12,6 +12,10 @@ import os
 import torch
 import torch.distributed as dist
 
+from .errors import NolabelError
+
+DEVICES = ("auto", "cpu", "cuda")
+
 
 def init(backend: str | None = None) -> bool:
     """Join the torchrun process group if launched by torchrun; return whether distributed."""
@@ -71,3 +75,17 @@ def shard(n: int) -> range:
     """The contiguous block of `range(n)` this process owns (blocks differ by at most one)."""
     r, w = rank(), world_size()
     return range(n * r // w, n * (r + 1) // w)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for "cpu", "cuda" or "auto" (cuda when a GPU is visible); under torchrun each
+    process takes the GPU of its LOCAL_RANK."""
+    if name not in DEVICES:
+        raise NolabelError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NolabelError('device "cuda" was asked for but no CUDA device is visible; use "cpu" or "auto"')
+    if name == "cuda" and is_distributed():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)

@@ -108,7 +108,7 @@ def extract(
         raise NolabelError(f"{dataset.spec}: the dataset holds no images")
     backbone = (create(model, weights=weights, allow_pickle=allow_pickle, download=download)
                 if isinstance(model, str) else model)
-    device = _resolve_device(options.device)
+    device = distributed.resolve_device(options.device)
     transform = backbone.eval_transform(options.image_size)
     dim = feature_dim(backbone, transform.image_size)
     settings = _settings(dataset, backbone, transform, options, dim)
@@ -129,14 +129,6 @@ def extract(
         _finalize(out, partial, dataset, settings, options, time.perf_counter() - started)
     distributed.barrier()
     return FeatureStore.open(out)
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and distributed.is_distributed():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(device)
 
 
 def feature_dim(backbone: Backbone, image_size: int) -> int:

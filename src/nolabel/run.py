@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import pipeline, store
-from .config import PCAConfig, RunConfig, dump_config
+from .config import PCAConfig, RunConfig, dump_config, load_config
 from .errors import NolabelError
 from .features import ExtractOptions, extract
 from .io import sha256_file, write_json, write_text
@@ -96,13 +96,22 @@ def format_summary(summary: dict[str, Any]) -> str:
 def _claim_folder(out: Path, cfg: RunConfig, force: bool) -> None:
     config_file = out / "config.yaml"
     text = dump_config(cfg)
-    if config_file.exists() and config_file.read_text(encoding="utf-8") != text and not force:
+    if config_file.exists() and not force and not _same_config(config_file, cfg):
         raise NolabelError(
             f"{out} holds a run made with another configuration; choose another folder with --out, "
             "or pass --force to recompute the stages whose settings changed"
         )
     out.mkdir(parents=True, exist_ok=True)
     write_text(config_file, text)
+
+
+def _same_config(path: Path, cfg: RunConfig) -> bool:
+    """Whether the run folder's config.yaml means `cfg`: compared as loaded, so a key that a newer
+    nolabel added with its default does not make an older folder "another configuration"."""
+    try:
+        return load_config(path) == cfg
+    except NolabelError:  # a key this version no longer knows: a different configuration
+        return False
 
 
 def _deepcluster_stage(cfg: RunConfig, folder: Path, timings: dict, progress: bool, log) -> str:

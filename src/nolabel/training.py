@@ -169,21 +169,23 @@ def encode(network: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray,
            show_progress: bool = False) -> np.ndarray:
     """Run `network(prepare(float images in [0, 1]))` over a uint8 array in batches -> float32 (N, D).
 
-    Modules are put in eval mode for the pass and back in their previous mode afterwards.
+    Modules are put in eval mode for the pass and back in their previous mode afterwards; batches go
+    to the module's device (prepared on the CPU) and the features come back to the CPU.
     """
     from .augment import to_float_images
 
     module = network if isinstance(network, nn.Module) else None
     was_training = module.training if module is not None else False
+    device = next(iter(module.parameters()), torch.empty(0)).device if module is not None else torch.device("cpu")
     if module is not None:
         module.eval()
     outputs = []
     try:
         starts = range(0, len(images), batch_size)
         for start in progress(starts, total=len(starts), desc="encoding", enabled=show_progress):
-            x = prepare(to_float_images(images[start:start + batch_size]))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                outputs.append(network(x).float())
+            x = prepare(to_float_images(images[start:start + batch_size])).to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                outputs.append(network(x).float().cpu())
     finally:
         if module is not None:
             module.train(was_training)

@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, metavar="S", help="training resolution (default: the model's)")
     p.add_argument("--crop-min", type=float, default=0.2, help="smallest random-resized-crop area fraction")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with bf16 support)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where training runs (auto: a GPU when one is visible)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="start over instead of resuming DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -34,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     distributed.init()
     config = SimCLRConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           weight_decay=args.weight_decay, temperature=args.temperature, image_size=args.image_size,
-                          crop_scale=(args.crop_min, 1.0), bf16=args.bf16, seed=args.seed)
+                          crop_scale=(args.crop_min, 1.0), bf16=args.bf16, seed=args.seed,
+                          device=args.device)
     result = pretrain_simclr(args.data, args.out, config, force=args.force, show_progress=not args.quiet)
     if distributed.is_main():
         last = result.history[-1] if result.history else {}

@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--hidden-dim", type=int, default=0, help="MLP heads with this hidden width (0: linear)")
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where training runs (auto: a GPU when one is visible)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite a finished result and start over")
     p.add_argument("--quiet", action="store_true")
@@ -45,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     lr = args.lr if args.lr is not None else (1e-3 if args.features else 1e-4)
     config = ScanConfig(n_clusters=args.k, n_heads=args.heads, entropy_weight=args.entropy_weight,
                         epochs=args.epochs, batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay,
-                        hidden_dim=args.hidden_dim, seed=args.seed, bf16=args.bf16)
+                        hidden_dim=args.hidden_dim, seed=args.seed, bf16=args.bf16,
+                        device=args.device)
     summary = run_scan(args.out, features=args.features, augmented=args.augmented, data=args.data, model=args.model,
                        weights=args.weights, image_size=args.image_size, num_neighbors=args.neighbors,
                        pca_components=args.pca,

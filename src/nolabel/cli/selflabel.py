@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also maximise the entropy of the mean prediction (keeps clusters from emptying)")
     p.add_argument("--ema", type=float, metavar="DECAY", help="EMA of the weights for the final predictions")
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where training runs (auto: a GPU when one is visible)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite a finished result and start over")
     p.add_argument("--quiet", action="store_true")
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     lr = args.lr if args.lr is not None else (1e-3 if args.features else 1e-4)
     config = SelfLabelConfig(threshold=args.threshold, epochs=args.epochs, batch_size=args.batch_size, lr=lr,
                              weight_decay=args.weight_decay, class_balance=not args.no_class_balance,
-                             entropy_weight=args.entropy_weight, ema_decay=args.ema, seed=args.seed, bf16=args.bf16)
+                             entropy_weight=args.entropy_weight, ema_decay=args.ema, seed=args.seed, bf16=args.bf16,
+                             device=args.device)
     summary = run_selflabel(args.scan, args.out, features=args.features, augmented=args.augmented, data=args.data,
                             image_size=args.image_size, config=config, force=args.force,
                             show_progress=not args.quiet)

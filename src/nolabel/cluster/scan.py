@@ -137,8 +137,11 @@ class ScanConfig:
     num_neighbors: int | None = None  # None: all stored neighbours
     seed: int = 0
     bf16: bool = False
+    device: str = "auto"  # cpu, cuda or auto (cuda when a GPU is visible); results come back on the CPU
 
     def validate(self) -> None:
+        if self.device not in distributed.DEVICES:
+            raise NolabelError(f"device must be one of {', '.join(distributed.DEVICES)}, got {self.device!r}")
         if self.n_clusters < 2 or self.n_heads < 1 or self.epochs < 1 or self.batch_size < 2:
             raise NolabelError("SCAN needs n_clusters >= 2, n_heads >= 1, epochs >= 1 and batch_size >= 2, got "
                                f"{self.n_clusters}, {self.n_heads}, {self.epochs}, {self.batch_size}")
@@ -207,19 +210,21 @@ class ImageInputs:
 
 def _predict(model: nn.Module, inputs, n: int, batch_size: int, bf16: bool, head_index: int | None = None
              ) -> list[np.ndarray]:
-    """Softmax probabilities of every head (or one) over all N clean inputs, eval mode."""
+    """Softmax probabilities of every head (or one) over all N clean inputs, eval mode, on the
+    model's device."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     outs: list[list[torch.Tensor]] = []
     try:
         with torch.no_grad():
             for start in range(0, n, batch_size):
                 idx = np.arange(start, min(n, start + batch_size))
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    logits = model(inputs.batch(idx, False, None))
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(inputs.batch(idx, False, None).to(device, non_blocking=True))
                 if head_index is not None:
                     logits = [logits[head_index]]
-                outs.append([F.softmax(l.float(), 1) for l in logits])
+                outs.append([F.softmax(l.float(), 1).cpu() for l in logits])
     finally:
         model.train(was_training)
     return [torch.cat([o[h] for o in outs]).numpy() for h in range(len(outs[0]))]
@@ -239,6 +244,9 @@ def _train(model: nn.Module, heads: ClusterHeads, inputs, neighbors: np.ndarray,
     # Candidates: the anchor itself plus its stored neighbours.
     candidates = np.concatenate([np.arange(n)[:, None], stored], axis=1)
     generator = seeded_generator(config.seed)
+    # Before the optimizer exists, so a resumed optimizer state lands on the parameters' device.
+    device = distributed.resolve_device(config.device)
+    model.to(device)
     optimizer = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
     modules = {"heads": heads, **extra_modules}
     state_file = TrainingState(out_dir / "scan_state.pt") if out_dir is not None else None
@@ -257,7 +265,8 @@ def _train(model: nn.Module, heads: ClusterHeads, inputs, neighbors: np.ndarray,
             pick = torch.randint(0, candidates.shape[1], (len(anchors),), generator=generator).numpy()
             partners = candidates[anchors, pick]
             x = torch.cat([inputs.batch(anchors, True, generator), inputs.batch(partners, True, generator)])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            x = x.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 outputs = ddp_model(x)
             total = 0.0
             for h, logits in enumerate(outputs):
@@ -278,6 +287,7 @@ def _train(model: nn.Module, heads: ClusterHeads, inputs, neighbors: np.ndarray,
 
     # Choose the head by its SCAN loss over the whole dataset, on clean inputs: deterministic, label-free.
     all_probs = _predict(model, inputs, n, max(config.batch_size, 512), config.bf16)
+    model.to("cpu")  # the result (heads, and the backbone in network mode) is handed back on the CPU
     head_losses = [scan_loss_of_probabilities(p, stored, config.entropy_weight) for p in all_probs]
     best_head = select_head(head_losses)
     result = ScanResult(heads, best_head, head_losses, all_probs[best_head], history,
@@ -530,6 +540,7 @@ def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augment
         (out / "scan_state.pt").unlink()
     config = config or ScanConfig()
     config.validate()
+    distributed.resolve_device(config.device)  # a missing GPU fails here, before any file is written
     if pca_components is not None and (data is not None or pca_components < 1):
         raise NolabelError("PCA before the heads takes a number of dimensions >= 1 and applies to frozen "
                            f"features (--features) only; got {pca_components} with "

@@ -46,8 +46,11 @@ class SelfLabelConfig:
     ema_decay: float | None = None  # e.g. 0.999; None: no EMA
     seed: int = 0
     bf16: bool = False
+    device: str = "auto"  # cpu, cuda or auto (cuda when a GPU is visible); results come back on the CPU
 
     def validate(self) -> None:
+        if self.device not in distributed.DEVICES:
+            raise NolabelError(f"device must be one of {', '.join(distributed.DEVICES)}, got {self.device!r}")
         if not 0 < self.threshold < 1:
             raise NolabelError(f"threshold must be in (0, 1), got {self.threshold}")
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
@@ -120,6 +123,9 @@ def _train(model: nn.Module, inputs, scan_probabilities: np.ndarray, config: Sel
         return SelfLabelResult(np.asarray(scan_probabilities), True, message, 0.0,
                                seconds=time.perf_counter() - started)
     generator = seeded_generator(config.seed)
+    # Before the optimizer and the EMA copy exist, so both (and a resumed state) live on the device.
+    device = distributed.resolve_device(config.device)
+    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     ema = ModelEMA(model, config.ema_decay) if config.ema_decay else None
@@ -137,8 +143,9 @@ def _train(model: nn.Module, inputs, scan_probabilities: np.ndarray, config: Sel
         for step in bar:
             set_lr(optimizer, cosine_lr(config.lr, epoch * steps + step, steps * config.epochs, final_fraction=0.1))
             idx = order[step * config.batch_size:(step + 1) * config.batch_size][local.start:local.stop]
-            clean, strong = inputs.batch(idx, False, generator), inputs.batch(idx, True, generator)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            clean = inputs.batch(idx, False, generator).to(device, non_blocking=True)
+            strong = inputs.batch(idx, True, generator).to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 # Targets come from the model in eval mode (BN statistics not polluted by the clean pass).
                 model.eval()
                 with torch.no_grad():
@@ -166,6 +173,8 @@ def _train(model: nn.Module, inputs, scan_probabilities: np.ndarray, config: Sel
         distributed.barrier()
     final = ema.module if ema is not None else model
     probabilities = _predict(final, inputs, n, max(config.batch_size, 512), config.bf16)[0]
+    for module in (model, final):
+        module.to("cpu")  # results are handed back on the CPU
     message = (f"self-labeling: {initial:.1%} of samples confident above {config.threshold} at the start, "
                f"{confident_fraction(probabilities, config.threshold):.1%} at the end")
     result = SelfLabelResult(probabilities, False, message, initial, history, seconds=time.perf_counter() - started)
@@ -249,6 +258,8 @@ def run_selflabel(scan_dir: str | Path, out_dir: str | Path, *, features: str | 
     heads, best, saved = load_scan(scan_dir / "scan.pt")
     scan_probabilities = np.load(scan_dir / "probabilities.npy")
     config = config or SelfLabelConfig()
+    config.validate()
+    distributed.resolve_device(config.device)  # a missing GPU fails here, before any file is written
     backbone_state = saved["modules"].get("backbone")
     if data is not None and backbone_state is None:
         raise NolabelError(f"{scan_dir}: SCAN ran on frozen features; self-label with --features, not --data")

@@ -102,8 +102,11 @@ class SimCLRConfig:
     knn_k: int = 200
     monitor_size: int = 5_000  # images the kNN monitor classifies
     monitor_bank: int = 20_000  # labelled images it votes with (encoding costs ~1/6 of an epoch of 70k)
+    device: str = "auto"  # cpu, cuda or auto (cuda when a GPU is visible); the backbone returns on the CPU
 
     def validate(self) -> None:
+        if self.device not in distributed.DEVICES:
+            raise NolabelError(f"device must be one of {', '.join(distributed.DEVICES)}, got {self.device!r}")
         if self.epochs < 1 or self.batch_size < 2:
             raise NolabelError(f"SimCLR needs epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
         if self.lr <= 0 or self.temperature <= 0:
@@ -141,7 +144,10 @@ def train_simclr(images: np.ndarray, out_dir: str | Path, config: SimCLRConfig |
     backbone = create(config.model, pretrained=False)
     size = config.image_size or backbone.input_size
     head = ProjectionHead(backbone.feature_dim, backbone.feature_dim, config.projection_dim)
-    backbone.to(memory_format=torch.channels_last)
+    # On the device before the optimizer exists, so a resumed optimizer state lands there too.
+    device = distributed.resolve_device(config.device)
+    backbone.to(device, memory_format=torch.channels_last)
+    head.to(device)
     params = list(backbone.parameters()) + list(head.parameters())
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     state_file = TrainingState(out_dir / "state.pt")
@@ -180,7 +186,8 @@ def train_simclr(images: np.ndarray, out_dir: str | Path, config: SimCLRConfig |
             batch = order[step * config.batch_size:(step + 1) * config.batch_size][local.start:local.stop]
             x = to_float_images(images[batch.numpy()])
             views = torch.cat([prepare(augment(x, generator)), prepare(augment(x, generator))])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            views = views.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 z = model(views)
             z1, z2 = z.float().chunk(2)
             loss = nt_xent_loss(z1, z2, config.temperature)
@@ -207,7 +214,8 @@ def train_simclr(images: np.ndarray, out_dir: str | Path, config: SimCLRConfig |
     if not checkpoint.exists() and distributed.is_main():  # resumed a finished run whose checkpoint was removed
         save_checkpoint(backbone, checkpoint, heads={"projection": head},
                         meta={"method": "simclr", "epoch": config.epochs, "config": _json_config(config)})
-    backbone.eval()
+    backbone.to("cpu").eval()
+    head.to("cpu")
     return SimCLRResult(backbone, checkpoint, history, time.perf_counter() - started)
 
 
@@ -262,6 +270,8 @@ def pretrain_simclr(data: str, out_dir: str | Path, config: SimCLRConfig | None 
     from ..training import images_in_memory
 
     config = config or SimCLRConfig()
+    config.validate()  # bad settings, or a missing GPU, fail before `force` deletes anything
+    distributed.resolve_device(config.device)
     out = Path(out_dir)
     if force and distributed.is_main():
         for name in ("state.pt", "backbone.pt", "history.json"):
