@@ -139,7 +139,18 @@ def test_run_with_deepcluster_extracts_with_the_weights_it_trained(tmp_path):
 
 
 def test_run_with_simclr_scan_and_selflabel_adds_a_row_per_stage(tmp_path):
-    overrides = ["name=scan", "data.train=digits", "model.name=cnn28", "extract.image_size=16", "pca.n_components=16",
+    import numpy as np
+
+    from data_fixtures import write_mnist_folder
+    from nolabel.cluster.scan import predict_scan
+    from nolabel.data import load
+    from nolabel.metrics import evaluate
+
+    digits = load("digits")  # split into an MNIST-layout folder: SCAN trains on one part, scores both
+    write_mnist_folder(tmp_path / "mnist", {"train": (digits.images[:1200], digits.labels[:1200]),
+                                            "t10k": (digits.images[1200:], digits.labels[1200:])}, gz=False)
+    train_spec, test_spec = f"mnist:{tmp_path / 'mnist'}:train", f"mnist:{tmp_path / 'mnist'}:test"
+    overrides = ["name=scan", f"data.train={train_spec}", f"data.eval=[{test_spec}]", "model.name=cnn28", "extract.image_size=16", "pca.n_components=16",
                  "baseline.enabled=false", "report=false",
                  "pretrain.epochs=1", "pretrain.batch_size=128", "pretrain.image_size=16", "pretrain.monitor_size=200",
                  "pretrain.monitor_bank=500",
@@ -151,10 +162,21 @@ def test_run_with_simclr_scan_and_selflabel_adds_a_row_per_stage(tmp_path):
     methods = [row["method"] for row in summary["rows"]]
     assert methods == ["cnn28 (SimCLR) + PCA + k-means", "cnn28 (SimCLR) + SCAN",
                        "cnn28 (SimCLR) + SCAN + self-labeling"]
+    test_name = summary["rows"][0]["sources"][1]["name"]  # the test features' folder name
+    assert test_name.endswith("mnist_test")
     for row in summary["rows"]:
-        assert 0.1 < row["sources"][0]["metrics"]["acc"] <= 1
+        assert [(source["name"], source["n"]) for source in row["sources"]] == [("train", 1200), (test_name, 597)]
+        for source in row["sources"]:
+            assert 0.1 < source["metrics"]["acc"] <= 1
     for path in ("pretrain/backbone.pt", "scan/predictions.npy", "scan/neighbors.npy", "selflabel/predictions.npy"):
         assert (tmp_path / "r" / path).exists(), path
+    # The held-out rows: the kept head (and its self-labeled version) on the test features, scored there.
+    test_store = tmp_path / "r" / "features" / test_name
+    for stage, extra in (("scan", {}), ("selflabel", {"selflabel_dir": tmp_path / "r" / "selflabel"})):
+        pred = np.load(tmp_path / "r" / stage / f"predictions_{test_name}.npy")
+        np.testing.assert_array_equal(pred, predict_scan(tmp_path / "r" / "scan", features=test_store, **extra).argmax(1))
+        row = next(r for r in summary["rows"] if r["folder"].endswith(stage))
+        assert row["sources"][1]["metrics"]["acc"] == pytest.approx(evaluate(pred, digits.labels[1200:])["acc"])
     # SCAN samples one weak and the first strong view; the strong views are written once for both stages.
     scan_json = read_json(tmp_path / "r" / "scan" / "scan.json")
     assert scan_json["augmented_views"] == 2 and scan_json["pca_components"] == 32
@@ -163,7 +185,8 @@ def test_run_with_simclr_scan_and_selflabel_adds_a_row_per_stage(tmp_path):
     logs.clear()
     again = run(load_config(None, overrides), tmp_path / "r", progress=False, log=logs.append)
     assert [line for line in logs if "up to date" in line] == [
-        "features: digits: up to date (1797 x 128)", "cluster: up to date", "scan: up to date", "selflabel: up to date"]
+        f"features: {train_spec}: up to date (1200 x 128)", f"features: {test_spec}: up to date (597 x 128)",
+        "cluster: up to date", "scan: up to date", "selflabel: up to date"]
     assert again["rows"] == summary["rows"]
     # The report browses the k-means clustering and names the stages it has no clustering folder for.
     from nolabel.report import write_report

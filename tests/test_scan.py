@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from nolabel.cluster.neighbors import mine_neighbors
-from nolabel.cluster.scan import (ClusterHeads, ScanConfig, entropy, load_scan, scan_loss,
+from nolabel.cluster.scan import (ClusterHeads, ScanConfig, entropy, load_scan, predict_scan, scan_loss,
                                   scan_loss_of_probabilities, select_head, train_scan_features)
+from nolabel.errors import NolabelError
 from nolabel.metrics import evaluate
 
 
@@ -209,15 +210,13 @@ def test_simclr_scan_and_selflabel_under_torchrun_with_two_gloo_processes(tmp_pa
 
 
 def test_whole_network_mode_trains_backbone_and_heads_then_self_labels(tmp_path):
-    from sklearn.datasets import load_digits
-
     from nolabel.augment import WeakAugment
     from nolabel.cluster.selflabel import SelfLabelConfig, run_selflabel
     from nolabel.cluster.scan import train_scan_network
+    from nolabel.data import load
     from nolabel.models import create
 
-    digits = load_digits()
-    images = (digits.images * (255 / 16)).astype(np.uint8)
+    images = load("digits").images  # the images the file-level stages below load by name
     backbone = create("cnn28", pretrained=False)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     nb = mine_neighbors(images.reshape(len(images), -1).astype(np.float32), k=5)
@@ -233,8 +232,18 @@ def test_whole_network_mode_trains_backbone_and_heads_then_self_labels(tmp_path)
     # The file-level stage rebuilds cnn28 from scan.pt and self-labels on the digits images.
     np.save(tmp_path / "scan" / "probabilities.npy", result.probabilities)
     summary = run_selflabel(tmp_path / "scan", tmp_path / "sl", data="digits", image_size=16,
-                            config=SelfLabelConfig(threshold=0.5, epochs=1, batch_size=256), show_progress=False)
-    assert summary["mode"] == "network" and summary["metrics"]["n"] == 1797
+                            config=SelfLabelConfig(threshold=float(np.median(result.probabilities.max(1))), epochs=1,
+                                                   batch_size=256), show_progress=False)
+    assert summary["mode"] == "network" and summary["metrics"]["n"] == 1797 and not summary["skipped"]
+    # New images go through the backbone SCAN trained, then the self-labeled one: the training's own
+    # predictions on the same images come back.
+    np.testing.assert_allclose(predict_scan(tmp_path / "scan", data="digits", image_size=16),
+                               result.probabilities, atol=1e-5)
+    np.testing.assert_array_equal(
+        predict_scan(tmp_path / "scan", data="digits", image_size=16, selflabel_dir=tmp_path / "sl").argmax(1),
+        np.load(tmp_path / "sl" / "predictions.npy"))
+    with pytest.raises(NolabelError, match="whole network; predict from data"):
+        predict_scan(tmp_path / "scan", features=tmp_path)
 
 
 def test_augmented_view_stores_differ_per_view_are_kept_and_follow_the_weights(tmp_path):
@@ -294,6 +303,11 @@ def test_scan_stage_pca_feeds_neighbours_heads_and_selflabel(tmp_path):
                        augmented=[tmp_path / "aug"], config=SelfLabelConfig(threshold=0.9, epochs=2, lr=1e-3),
                        show_progress=False)
     assert sl["metrics"]["acc"] > 0.6
+    # Assigning images later goes through the same PCA and head (or its self-labeled version).
+    np.testing.assert_allclose(predict_scan(tmp_path / "scan", features=tmp_path / "feats"),
+                               np.load(tmp_path / "scan" / "probabilities.npy"), atol=1e-6)
+    np.testing.assert_allclose(predict_scan(tmp_path / "scan", features=tmp_path / "feats", selflabel_dir=tmp_path / "sl"),
+                               np.load(tmp_path / "sl" / "probabilities.npy"), atol=1e-6)
     # Recomputing the folder without PCA removes it, so self-labeling sees the features as they are.
     run_scan(tmp_path / "scan", features=tmp_path / "feats", num_neighbors=10, config=config, force=True,
              show_progress=False)

@@ -61,7 +61,7 @@ def run(cfg: RunConfig, out: str | os.PathLike | None = None, *, force: bool = F
     rows = [_cluster_stage(cfg, stores, out / "cluster", cfg.pca, timings, "cluster", progress, log,
                            f"{cfg.model.name}{trained_by} + PCA + k-means")]
     if cfg.scan is not None:
-        rows.extend(_scan_stages(cfg, out, stores[0], weights, timings, progress, log))
+        rows.extend(_scan_stages(cfg, out, stores, weights, timings, progress, log))
     if cfg.baseline.enabled:
         pixel_stores = _extract_all(cfg, out / "baseline" / "features", specs, "pixels", None,
                                     cfg.baseline.image_size, timings, "baseline features", progress, log)
@@ -145,12 +145,14 @@ def _pretrain_stage(cfg: RunConfig, folder: Path, timings: dict, progress: bool,
     return str(result.checkpoint)
 
 
-def _scan_stages(cfg: RunConfig, out: Path, train: store.FeatureStore, weights: str | None, timings: dict,
+def _scan_stages(cfg: RunConfig, out: Path, stores: list[store.FeatureStore], weights: str | None, timings: dict,
                  progress: bool, log) -> list[dict[str, Any]]:
-    """SCAN (+ self-labeling) on the train set; one results row each."""
+    """SCAN (+ self-labeling) trained on the train set; one results row each, scoring the train set
+    and every eval set (assigned by the trained head)."""
     from .cluster.scan import run_scan, write_augmented_views
     from .cluster.selflabel import run_selflabel
 
+    train = stores[0]
     scan, network = cfg.scan, cfg.scan.mode == "network"
     bf16 = cfg.extract.precision == "bf16"
     image_size = cfg.extract.image_size
@@ -181,7 +183,7 @@ def _scan_stages(cfg: RunConfig, out: Path, train: store.FeatureStore, weights: 
         _stage_finished(out / "scan", settings)
     timings["scan"] = time.perf_counter() - t
     rows.append(_predictions_row(f"{cfg.model.name}{' (SimCLR)' if cfg.pretrain else ''} + SCAN", out / "scan",
-                                 train, cfg))
+                                 stores, cfg))
 
     if cfg.selflabel is not None:
         t = time.perf_counter()
@@ -197,7 +199,8 @@ def _scan_stages(cfg: RunConfig, out: Path, train: store.FeatureStore, weights: 
                           config=cfg.selflabel.library_config(), force=True, show_progress=progress)
             _stage_finished(out / "selflabel", settings)
         timings["selflabel"] = time.perf_counter() - t
-        rows.append(_predictions_row(rows[-1]["method"] + " + self-labeling", out / "selflabel", train, cfg))
+        rows.append(_predictions_row(rows[-1]["method"] + " + self-labeling", out / "selflabel", stores, cfg,
+                                     scan_dir=out / "scan"))
     return rows
 
 
@@ -214,18 +217,40 @@ def _stage_finished(folder: Path, settings: dict[str, Any]) -> None:
     write_json(folder / STAGE_JSON, settings)
 
 
-def _predictions_row(method: str, folder: Path, train: store.FeatureStore, cfg: RunConfig) -> dict[str, Any]:
-    """A results row from a stage's predictions.npy over the train rows."""
+def _predictions_row(method: str, folder: Path, stores: list[store.FeatureStore], cfg: RunConfig,
+                     scan_dir: Path | None = None) -> dict[str, Any]:
+    """A results row for a SCAN stage (`folder` = scan_dir) or a self-labeling one (`folder`, made from
+    `scan_dir`): the train set from the stage's predictions.npy, each eval set assigned by its head
+    (written to predictions_<name>.npy). Each set's cluster -> class mapping is fitted on that set."""
     from . import metrics
+    from .cluster.scan import predict_scan
+    from .io import save_npy
 
-    pred = np.load(folder / "predictions.npy")
-    known = train.labels >= 0
-    scored = (metrics.evaluate(pred[known], train.labels[known], method=cfg.evaluate.mapping,
-                               average_method=cfg.evaluate.average_method) if known.any() else None)
-    return {"method": method, "folder": str(folder), "protocol": None,
-            "sources": [{"name": "train", "data": train.manifest.get("dataset"), "n": int(len(pred)),
-                         "metrics": {m: scored[m] for m in SUMMARY_METRICS} if scored else None,
-                         "metrics_fit_on_train": None}]}
+    def score(pred: np.ndarray, labels: np.ndarray) -> dict[str, float] | None:
+        known = labels >= 0
+        if not known.any():
+            return None
+        scored = metrics.evaluate(pred[known], labels[known], method=cfg.evaluate.mapping,
+                                  average_method=cfg.evaluate.average_method)
+        return {m: scored[m] for m in SUMMARY_METRICS}
+
+    network = cfg.scan.mode == "network"
+    names = pipeline._source_names(stores)
+    sources = []
+    for i, (name, s) in enumerate(zip(names, stores)):
+        if i == 0:
+            pred = np.load(folder / "predictions.npy")
+        else:
+            spec = cfg.data.eval[i - 1]
+            pred = predict_scan(scan_dir or folder, features=None if network else s.path, data=spec if network else None,
+                                image_size=cfg.extract.image_size, selflabel_dir=folder if scan_dir else None,
+                                device=cfg.scan.device).argmax(1)
+            if len(pred) != s.n:
+                raise NolabelError(f"{spec}: {len(pred)} images predicted for {s.n} feature rows")
+            save_npy(folder / f"predictions_{name}.npy", pred.astype(np.int64))
+        sources.append({"name": name, "data": s.manifest.get("dataset"), "n": int(len(pred)),
+                        "metrics": score(pred, s.labels), "metrics_fit_on_train": None})
+    return {"method": method, "folder": str(folder), "protocol": None, "sources": sources}
 
 
 def _slug(spec: str) -> str:

@@ -119,6 +119,18 @@ class ClusterHeads(nn.Module):
         return self.heads[index]
 
 
+class ListHead(nn.Module):
+    """One network returning a one-element list of logits: the calling convention of ClusterHeads,
+    for a single kept head (self-labeling trains and saves its weights under this wrapper's `body`)."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.body(x)]
+
+
 # --------------------------------------------------------------------------- configuration
 
 @dataclass
@@ -438,6 +450,62 @@ def load_stage_inputs(features: str | Path | None, augmented: list[str | Path] |
     size = image_size or backbone.input_size
     return {"mode": "network", "images": images_in_memory(dataset, size), "backbone": backbone,
             "image_size": size, "labels": dataset.labels if (dataset.labels >= 0).any() else None}
+
+
+def predict_scan(scan_dir: str | Path, *, features: str | Path | None = None, data: str | None = None,
+                 image_size: int | None = None, selflabel_dir: str | Path | None = None, batch_size: int = 512,
+                 device: str = "auto") -> np.ndarray:
+    """Cluster probabilities (N, K) of new images under a finished SCAN stage's kept head, or under
+    its self-labeled version (`selflabel_dir`, a `run_selflabel` output made from `scan_dir`).
+
+    Frozen-features SCAN takes `features`, a FeatureStore of the same backbone (SCAN's PCA, if any,
+    is applied); whole-network SCAN takes `data`, a dataset spec run through the backbone it trained.
+    """
+    from ..io import read_json
+
+    scan_dir = Path(scan_dir)
+    heads, best, saved = load_scan(scan_dir / "scan.pt")
+    backbone_state = saved["modules"].get("backbone")
+    if (features is None) == (data is None):
+        raise NolabelError("give either features (frozen-features SCAN) or data (whole-network SCAN)")
+    if (backbone_state is None) != (features is not None):
+        raise NolabelError(f"{scan_dir}: SCAN ran {'on frozen features' if backbone_state is None else 'on the whole network'};"
+                           f" predict from {'features' if backbone_state is None else 'data (images)'}")
+    inputs = load_stage_inputs(features, (), data, saved["meta"].get("model"), None, image_size, backbone_state)
+    if inputs["mode"] == "features" and (scan_dir / PCA_FILE).exists():
+        from .pca import PCA
+
+        inputs = project_inputs(inputs, PCA.load(scan_dir / PCA_FILE))
+    head = heads.single(best)
+    body = head if inputs["mode"] == "features" else nn.Sequential(inputs["backbone"], head)
+    model = ListHead(body)
+    skipped = selflabel_dir is not None and (Path(selflabel_dir) / "selflabel.json").is_file() and \
+        read_json(Path(selflabel_dir) / "selflabel.json").get("skipped")
+    if selflabel_dir is not None and not skipped:  # a skipped self-labeling kept the SCAN head as it was
+        path = Path(selflabel_dir) / "selflabel.pt"
+        if not path.is_file():
+            raise NolabelError(f"{path}: self-labeling checkpoint not found; run `nolabel selflabel` first")
+        trained = torch.load(path, map_location="cpu", weights_only=True)
+        if trained.get("format") != "nolabel-selflabel":
+            raise NolabelError(f"{path}: not a self-labeling checkpoint written by nolabel")
+        modules = trained["modules"]
+        if "ema" in modules:  # the averaged weights are the ones self-labeling predicted with
+            model.load_state_dict(modules["ema"])
+        else:
+            head.load_state_dict(modules["head"])
+            if "backbone" in modules:
+                inputs["backbone"].load_state_dict(modules["backbone"])
+    if inputs["mode"] == "features":
+        source = FeatureInputs(inputs["features"])
+    else:
+        from ..training import network_input
+
+        source = ImageInputs(inputs["images"], network_input(inputs["backbone"], inputs["image_size"]), None)
+    model.to(distributed.resolve_device(device))
+    try:
+        return _predict(model, source, source.n, batch_size, bf16=False)[0]
+    finally:
+        model.to("cpu")
 
 
 def write_augmented_views(data: str, model: str, out_dir: str | Path, *, kind: str = "strong", n_views: int = 2,

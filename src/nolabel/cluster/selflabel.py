@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .. import distributed
 from ..errors import NolabelError
 from ..training import ModelEMA, TrainingState, cosine_lr, progress, seeded_generator, set_lr, wrap_distributed
-from .scan import FeatureInputs, ImageInputs, _predict, entropy
+from .scan import FeatureInputs, ImageInputs, ListHead, _predict, entropy
 
 
 @dataclass
@@ -188,17 +188,6 @@ def _train(model: nn.Module, inputs, scan_probabilities: np.ndarray, config: Sel
     return result
 
 
-class _ListHead(nn.Module):
-    """A single head returning a one-element list, the calling convention `_predict` shares with SCAN."""
-
-    def __init__(self, body: nn.Module):
-        super().__init__()
-        self.body = body
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [self.body(x)]
-
-
 def train_selflabel_features(features: np.ndarray, head: nn.Module, scan_probabilities: np.ndarray,
                              config: SelfLabelConfig | None = None, augmented: np.ndarray | None = None,
                              out_dir: str | Path | None = None, show_progress: bool = True) -> SelfLabelResult:
@@ -210,7 +199,7 @@ def train_selflabel_features(features: np.ndarray, head: nn.Module, scan_probabi
     """
     config = config or SelfLabelConfig(lr=1e-3, epochs=20)
     out = _prepare_out(out_dir)
-    return _train(_ListHead(head), FeatureInputs(features, augmented), scan_probabilities, config, out,
+    return _train(ListHead(head), FeatureInputs(features, augmented), scan_probabilities, config, out,
                   {"head": head}, show_progress)
 
 
@@ -225,7 +214,7 @@ def train_selflabel_network(images: np.ndarray, backbone: nn.Module, head: nn.Mo
     config = config or SelfLabelConfig()
     inputs = ImageInputs(images, network_input(backbone, image_size), strong_augment or StrongAugment())
     out = _prepare_out(out_dir)
-    return _train(_ListHead(nn.Sequential(backbone, head)), inputs, scan_probabilities, config, out,
+    return _train(ListHead(nn.Sequential(backbone, head)), inputs, scan_probabilities, config, out,
                   {"backbone": backbone, "head": head}, show_progress)
 
 
