@@ -130,11 +130,21 @@ def test_cli_scan_then_selflabel_on_digits_pixels(tmp_path, capsys):
     items = [f"all/{i}" for i in range(len(x))]
     write_store(tmp_path / "feats", x, digits.target, items, {"model": "pixels"})
     write_store(tmp_path / "aug", x + np.float32(0.05), digits.target, items, {"model": "pixels"})
-    assert main(["scan", "--features", str(tmp_path / "feats"), "--augmented", str(tmp_path / "aug"),
-                 "--out", str(tmp_path / "scan"), "--k", "10", "--heads", "3", "--epochs", "30",
-                 "--batch-size", "256", "--lr", "1e-2", "--quiet"]) == 0
+    # Other images to assign: a noisy copy of the first 500.
+    noisy = x[:500] + np.random.default_rng(0).normal(0, 0.05, (500, 64)).astype(np.float32)
+    write_store(tmp_path / "heldout", noisy, digits.target[:500], items[:500], {"model": "pixels"})
+    train_args = ["scan", "--features", str(tmp_path / "feats"), "--augmented", str(tmp_path / "aug"),
+                  "--out", str(tmp_path / "scan"), "--k", "10", "--heads", "3", "--epochs", "30",
+                  "--batch-size", "256", "--lr", "1e-2", "--quiet"]
+    assert main(train_args + ["--eval-features", str(tmp_path / "missing")]) == 2  # refused before training
+    assert not (tmp_path / "scan").exists()
+    assert main(train_args + ["--eval-features", str(tmp_path / "heldout")]) == 0
     out = capsys.readouterr().out
     assert "head" in out and "neighbour purity" in out
+    held = np.load(tmp_path / "scan" / "predictions_heldout.npy")
+    assert "heldout: 500 images assigned; ACC" in out and held.shape == (500,)
+    # The noise moves few of them to another cluster than the training assigned.
+    assert np.mean(held == np.load(tmp_path / "scan" / "predictions.npy")[:500]) > 0.9
     summary = __import__("json").loads((tmp_path / "scan" / "scan.json").read_text())
     assert summary["metrics"]["acc"] > 0.6  # k-means on these pixels reaches ~0.7-0.8
     assert np.load(tmp_path / "scan" / "predictions.npy").shape == (len(x),)
@@ -142,8 +152,10 @@ def test_cli_scan_then_selflabel_on_digits_pixels(tmp_path, capsys):
     assert main(["scan", "--features", str(tmp_path / "feats"), "--out", str(tmp_path / "scan"), "--quiet"]) == 2
     assert main(["selflabel", "--scan", str(tmp_path / "scan"), "--features", str(tmp_path / "feats"),
                  "--augmented", str(tmp_path / "aug"), "--out", str(tmp_path / "sl"), "--epochs", "3",
-                 "--threshold", "0.9", "--quiet"]) == 0
-    assert "self-labeled: ACC" in capsys.readouterr().out
+                 "--threshold", "0.9", "--eval-features", str(tmp_path / "heldout"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "self-labeled: ACC" in out and "heldout: 500 images assigned; ACC" in out
+    assert (tmp_path / "sl" / "predictions_heldout.npy").exists()
     assert (tmp_path / "sl" / "selflabel.json").exists()
 
 

@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="FILE", help="backbone checkpoint (whole-network mode)")
     p.add_argument("--image-size", type=int, metavar="S")
     p.add_argument("--out", required=True, metavar="DIR")
+    add_eval_arguments(p)
     p.add_argument("--k", type=int, default=10, help="number of clusters")
     p.add_argument("--neighbors", type=int, default=20, help="neighbours mined per image")
     p.add_argument("--pca", type=int, metavar="D",
@@ -39,11 +40,60 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eval-features", nargs="*", default=[], metavar="DIR",
+                   help="frozen mode: feature folders of other images (same backbone) to assign and score")
+    p.add_argument("--eval-data", nargs="*", default=[], metavar="SPEC",
+                   help="whole-network mode: datasets to assign (through the trained backbone) and score")
+
+
+def check_eval_sets(args: argparse.Namespace) -> None:
+    """Refuse, before any training, eval sets of the wrong kind or feature folders that are not there."""
+    from ..errors import NolabelError
+    from ..store import FeatureStore
+
+    if args.eval_features and args.features is None or args.eval_data and args.features is not None:
+        raise NolabelError("--eval-features goes with --features (frozen mode), --eval-data with --data "
+                           "(whole-network mode)")
+    for folder in args.eval_features:
+        FeatureStore.open(folder)
+
+
+def assign_eval_sets(args: argparse.Namespace, scan_dir, selflabel_dir=None) -> None:
+    """Assign each --eval-features / --eval-data set with the trained head; write
+    predictions_<name>.npy into --out and print its metrics when it has labels."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..cluster.scan import predict_scan
+    from ..data import load
+    from ..io import save_npy
+    from ..metrics import evaluate
+    from ..store import FeatureStore
+
+    sets = [(Path(f).name, {"features": f}) for f in args.eval_features] + \
+        [(spec.replace(":", "_").replace("/", "_"), {"data": spec}) for spec in args.eval_data]
+    for name, source in sets:
+        pred = predict_scan(scan_dir, **source, image_size=args.image_size, selflabel_dir=selflabel_dir,
+                            device=args.device).argmax(1)
+        save_npy(Path(args.out) / f"predictions_{name}.npy", pred.astype(np.int64))
+        labels = (FeatureStore.open(source["features"]).labels if "features" in source
+                  else load(source["data"]).labels)
+        known = labels >= 0
+        line = f"{name}: {len(pred)} images assigned"
+        if known.any():
+            m = evaluate(pred[known], labels[known])
+            line += f"; ACC {m['acc']:.4f}  NMI {m['nmi']:.4f}  ARI {m['ari']:.4f}  AMI {m['ami']:.4f}"
+        print(line)
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..cluster.scan import ScanConfig, run_scan
 
     distributed.init()
+    check_eval_sets(args)
     lr = args.lr if args.lr is not None else (1e-3 if args.features else 1e-4)
     config = ScanConfig(n_clusters=args.k, n_heads=args.heads, entropy_weight=args.entropy_weight,
                         epochs=args.epochs, batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay,
@@ -62,4 +112,5 @@ def run(args: argparse.Namespace) -> int:
         if summary["metrics"]:
             m = summary["metrics"]
             print(f"ACC {m['acc']:.4f}  NMI {m['nmi']:.4f}  ARI {m['ari']:.4f}  AMI {m['ami']:.4f}")
+        assign_eval_sets(args, args.out)
     return 0

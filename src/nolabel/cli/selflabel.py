@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from .scan import add_eval_arguments, assign_eval_sets, check_eval_sets
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scan", required=True, metavar="DIR", help="output folder of `nolabel scan`")
@@ -17,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="SPEC", help="dataset spec (whole-network mode)")
     p.add_argument("--image-size", type=int, metavar="S")
     p.add_argument("--out", required=True, metavar="DIR")
+    add_eval_arguments(p)
     p.add_argument("--threshold", type=float, default=0.99, help="confidence above which a prediction is a label")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=256)
@@ -39,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ..cluster.selflabel import SelfLabelConfig, run_selflabel
 
     distributed.init()
+    check_eval_sets(args)
     lr = args.lr if args.lr is not None else (1e-3 if args.features else 1e-4)
     config = SelfLabelConfig(threshold=args.threshold, epochs=args.epochs, batch_size=args.batch_size, lr=lr,
                              weight_decay=args.weight_decay, class_balance=not args.no_class_balance,
@@ -54,4 +58,5 @@ def run(args: argparse.Namespace) -> int:
             if m:
                 what = "SCAN" if name == "scan_metrics" else "self-labeled"
                 print(f"{what}: ACC {m['acc']:.4f}  NMI {m['nmi']:.4f}  ARI {m['ari']:.4f}  AMI {m['ami']:.4f}")
+        assign_eval_sets(args, args.scan, args.out)
     return 0
