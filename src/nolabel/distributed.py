@@ -77,11 +77,15 @@ def shard(n: int) -> range:
     return range(n * r // w, n * (r + 1) // w)
 
 
+def check_device_name(name: str) -> None:
+    if name not in DEVICES:
+        raise NolabelError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device for "cpu", "cuda" or "auto" (cuda when a GPU is visible); under torchrun each
     process takes the GPU of its LOCAL_RANK."""
-    if name not in DEVICES:
-        raise NolabelError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
+    check_device_name(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():

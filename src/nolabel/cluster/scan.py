@@ -152,8 +152,7 @@ class ScanConfig:
     device: str = "auto"  # cpu, cuda or auto (cuda when a GPU is visible); results come back on the CPU
 
     def validate(self) -> None:
-        if self.device not in distributed.DEVICES:
-            raise NolabelError(f"device must be one of {', '.join(distributed.DEVICES)}, got {self.device!r}")
+        distributed.check_device_name(self.device)
         if self.n_clusters < 2 or self.n_heads < 1 or self.epochs < 1 or self.batch_size < 2:
             raise NolabelError("SCAN needs n_clusters >= 2, n_heads >= 1, epochs >= 1 and batch_size >= 2, got "
                                f"{self.n_clusters}, {self.n_heads}, {self.epochs}, {self.batch_size}")
@@ -472,10 +471,7 @@ def predict_scan(scan_dir: str | Path, *, features: str | Path | None = None, da
         raise NolabelError(f"{scan_dir}: SCAN ran {'on frozen features' if backbone_state is None else 'on the whole network'};"
                            f" predict from {'features' if backbone_state is None else 'data (images)'}")
     inputs = load_stage_inputs(features, (), data, saved["meta"].get("model"), None, image_size, backbone_state)
-    if inputs["mode"] == "features" and (scan_dir / PCA_FILE).exists():
-        from .pca import PCA
-
-        inputs = project_inputs(inputs, PCA.load(scan_dir / PCA_FILE))
+    inputs = apply_stage_pca(scan_dir, inputs)
     head = heads.single(best)
     body = head if inputs["mode"] == "features" else nn.Sequential(inputs["backbone"], head)
     model = ListHead(body)
@@ -562,6 +558,16 @@ def project_inputs(inputs: dict[str, Any], pca: Any) -> dict[str, Any]:
     augmented = inputs["augmented"]
     return {**inputs, "features": pca.transform(inputs["features"]),
             "augmented": None if augmented is None else np.stack([pca.transform(v) for v in augmented])}
+
+
+def apply_stage_pca(scan_dir: str | Path, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Frozen-mode inputs through the PCA a SCAN stage in `scan_dir` fitted (as they are without one)."""
+    path = Path(scan_dir) / PCA_FILE
+    if inputs["mode"] != "features" or not path.exists():
+        return inputs
+    from .pca import PCA
+
+    return project_inputs(inputs, PCA.load(path))
 
 
 def _stage_pca(out: Path, inputs: dict[str, Any], n_components: int | None, force: bool) -> dict[str, Any]:

@@ -49,8 +49,7 @@ class SelfLabelConfig:
     device: str = "auto"  # cpu, cuda or auto (cuda when a GPU is visible); results come back on the CPU
 
     def validate(self) -> None:
-        if self.device not in distributed.DEVICES:
-            raise NolabelError(f"device must be one of {', '.join(distributed.DEVICES)}, got {self.device!r}")
+        distributed.check_device_name(self.device)
         if not 0 < self.threshold < 1:
             raise NolabelError(f"threshold must be in (0, 1), got {self.threshold}")
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
@@ -237,8 +236,7 @@ def run_selflabel(scan_dir: str | Path, out_dir: str | Path, *, features: str | 
 
     Network mode rebuilds `model` with the backbone weights SCAN saved in scan.pt."""
     from ..io import refuse_overwrite, save_npy, write_json
-    from .pca import PCA
-    from .scan import PCA_FILE, _labelled_metrics, load_scan, load_stage_inputs, project_inputs
+    from .scan import _labelled_metrics, apply_stage_pca, load_scan, load_stage_inputs
 
     scan_dir, out = Path(scan_dir), Path(out_dir)
     refuse_overwrite(out / "selflabel.json", force, what="a finished self-labeling result")
@@ -254,8 +252,7 @@ def run_selflabel(scan_dir: str | Path, out_dir: str | Path, *, features: str | 
         raise NolabelError(f"{scan_dir}: SCAN ran on frozen features; self-label with --features, not --data")
     inputs = load_stage_inputs(features, augmented, data, model or saved["meta"].get("model"), None, image_size,
                                backbone_state)
-    if inputs["mode"] == "features" and (scan_dir / PCA_FILE).exists():  # the heads' input space
-        inputs = project_inputs(inputs, PCA.load(scan_dir / PCA_FILE))
+    inputs = apply_stage_pca(scan_dir, inputs)  # the heads' input space
     head = heads.single(best)
     if inputs["mode"] == "features":
         result = train_selflabel_features(inputs["features"], head, scan_probabilities, config, inputs["augmented"],

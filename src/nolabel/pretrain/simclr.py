@@ -105,8 +105,7 @@ class SimCLRConfig:
     device: str = "auto"  # cpu, cuda or auto (cuda when a GPU is visible); the backbone returns on the CPU
 
     def validate(self) -> None:
-        if self.device not in distributed.DEVICES:
-            raise NolabelError(f"device must be one of {', '.join(distributed.DEVICES)}, got {self.device!r}")
+        distributed.check_device_name(self.device)
         if self.epochs < 1 or self.batch_size < 2:
             raise NolabelError(f"SimCLR needs epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
         if self.lr <= 0 or self.temperature <= 0:
