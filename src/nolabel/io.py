@@ -10,6 +10,7 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -57,6 +58,11 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array)
+
+
+def slug(spec: str) -> str:
+    """A dataset spec as a file or folder name: runs of other characters than [A-Za-z0-9_.-] become "_"."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_") or "data"
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

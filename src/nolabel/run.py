@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -26,7 +25,7 @@ from . import pipeline, store
 from .config import PCAConfig, RunConfig, dump_config, load_config
 from .errors import NolabelError
 from .features import ExtractOptions, extract
-from .io import sha256_file, write_json, write_text
+from .io import sha256_file, slug, write_json, write_text
 
 SUMMARY_METRICS = ("acc", "nmi", "ari", "ami")
 
@@ -253,9 +252,6 @@ def _predictions_row(method: str, folder: Path, stores: list[store.FeatureStore]
     return {"method": method, "folder": str(folder), "protocol": None, "sources": sources}
 
 
-def _slug(spec: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_") or "data"
-
 
 def _extract_all(cfg: RunConfig, root: Path, specs: list[str], model: str, weights: str | None,
                  image_size: int | None, timings: dict, label: str, progress: bool, log) -> list[store.FeatureStore]:
@@ -266,7 +262,7 @@ def _extract_all(cfg: RunConfig, root: Path, specs: list[str], model: str, weigh
                              on_bad_image=cfg.data.on_bad_image)
     stores = []
     for spec in specs:
-        folder = root / _slug(spec)
+        folder = root / slug(spec)
         existing = _matching_store(folder, spec, model, weights, options)
         if existing is not None:
             log(f"{label}: {spec}: up to date ({existing.n} x {existing.dim})")

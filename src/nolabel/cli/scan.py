@@ -68,12 +68,12 @@ def assign_eval_sets(args: argparse.Namespace, scan_dir, selflabel_dir=None) -> 
 
     from ..cluster.scan import predict_scan
     from ..data import load
-    from ..io import save_npy
+    from ..io import save_npy, slug
     from ..metrics import evaluate
     from ..store import FeatureStore
 
     sets = [(Path(f).name, {"features": f}) for f in args.eval_features] + \
-        [(spec.replace(":", "_").replace("/", "_"), {"data": spec}) for spec in args.eval_data]
+        [(slug(spec), {"data": spec}) for spec in args.eval_data]
     for name, source in sets:
         pred = predict_scan(scan_dir, **source, image_size=args.image_size, selflabel_dir=selflabel_dir,
                             device=args.device).argmax(1)
