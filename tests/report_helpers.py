@@ -1,8 +1,10 @@
 """Headless Chromium for tests that open HTML pages, and small real runs to render reports of.
 
 `chromium` is a session fixture: it installs the Debian packages `chromium` and `chromium-driver`
-when they are missing (as root, with apt-get), and skips with the reason otherwise. `open_page`
-gives a fresh selenium driver per test with the browser console log captured.
+when they are missing (as root, with apt-get), and skips with the reason otherwise - or fails, when
+the environment sets NOLABEL_REQUIRE_CHROMIUM=1 (CI does, in .ci/run, so these tests cannot quietly
+stop running there). `open_page` gives a fresh selenium driver per test with the browser console log
+captured.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage"]
 APT_PACKAGES = ["chromium", "chromium-driver"]
+REQUIRE_ENV = "NOLABEL_REQUIRE_CHROMIUM"  # set (not "0"): no browser is a failure, not a skip
 
 
 def _find_chromium() -> tuple[str, str] | None:
@@ -45,14 +48,20 @@ def _apt_install() -> str | None:
 @pytest.fixture(scope="session")
 def chromium() -> tuple[str, str]:
     """(chromium binary, chromedriver binary), installing them if needed and allowed."""
-    pytest.importorskip("selenium", reason="selenium is not installed (pip install -e .[test])")
+    # Skipped without the browser, with the reason (pytest's -ra lists it); under
+    # NOLABEL_REQUIRE_CHROMIUM=1 (CI) a missing browser or selenium fails instead.
+    give_up = pytest.fail if os.environ.get(REQUIRE_ENV, "") not in ("", "0") else pytest.skip
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        give_up("selenium is not installed (pip install -e .[test])")
     found = _find_chromium()
     if found is None:
         why = _apt_install()
         found = _find_chromium()
         if found is None:
-            pytest.skip(f"headless Chromium is needed to open the report: packages {' '.join(APT_PACKAGES)} "
-                        f"are missing and {why or 'did not provide chromium and chromedriver'}")
+            give_up(f"headless Chromium is needed to open the report: packages {' '.join(APT_PACKAGES)} "
+                    f"are missing and {why or 'did not provide chromium and chromedriver'}")
     return found
 
 

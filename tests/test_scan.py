@@ -17,13 +17,30 @@ def test_scan_loss_hand_computed():
     pa = torch.tensor([[0.5, 0.5], [0.9, 0.1]])
     pn = torch.tensor([[0.5, 0.5], [0.2, 0.8]])
     loss = scan_loss(pa.log(), pn.log(), entropy_weight=5.0)
-    consistency = -(math.log(0.5) + math.log(0.9 * 0.2 + 0.1 * 0.8)) / 2
-    mean = [0.7, 0.3]
-    spread = -(0.7 * math.log(0.7) + 0.3 * math.log(0.3))
+    # <pa_b, pn_b> = 0.5 and 0.9 * 0.2 + 0.1 * 0.8 = 0.26; consistency is minus their mean log.
+    consistency = -(math.log(0.5) + math.log(0.26)) / 2  # 1.02011...
+    # Entropy of the ANCHORS' mean prediction (0.7, 0.3), not the neighbours' (0.35, 0.65).
+    spread = -(0.7 * math.log(0.7) + 0.3 * math.log(0.3))  # 0.61086...
+    assert loss.consistency.item() == pytest.approx(1.020110, abs=1e-5)
     assert loss.consistency.item() == pytest.approx(consistency, rel=1e-6)
+    assert loss.entropy.item() == pytest.approx(0.610864, abs=1e-5)
     assert loss.entropy.item() == pytest.approx(spread, rel=1e-6)
-    assert loss.total.item() == pytest.approx(consistency - 5 * spread, rel=1e-6)
-    assert sum(mean) == pytest.approx(1)
+    assert loss.total.item() == pytest.approx(consistency - 5 * spread, rel=1e-6)  # -2.03421...
+    # Swapping the branches keeps the (symmetric) consistency but takes the other branch's entropy.
+    swapped = scan_loss(pn.log(), pa.log(), entropy_weight=5.0)
+    assert swapped.consistency.item() == pytest.approx(consistency, rel=1e-6)
+    assert swapped.entropy.item() == pytest.approx(-(0.35 * math.log(0.35) + 0.65 * math.log(0.65)), rel=1e-6)
+    # Three clusters, three rows, another weight; logits shifted per row (softmax ignores a constant).
+    pa3 = torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
+    pn3 = torch.tensor([[0.25, 0.5, 0.25], [0.2, 0.6, 0.2], [0.0, 0.5, 0.5]])
+    loss3 = scan_loss(pa3.log() + torch.tensor([[1.0], [-2.0], [0.5]]), pn3.clamp_min(1e-30).log(),
+                      entropy_weight=2.0)
+    # <.,.> per row: 0.3125, 0.52, 0.4; mean anchor prediction (0.8/3, 1.25/3, 0.95/3).
+    consistency3 = -(math.log(0.3125) + math.log(0.52) + math.log(0.4)) / 3
+    spread3 = -sum(m * math.log(m) for m in (0.8 / 3, 1.25 / 3, 0.95 / 3))
+    assert loss3.consistency.item() == pytest.approx(consistency3, rel=1e-6)
+    assert loss3.entropy.item() == pytest.approx(spread3, rel=1e-6)
+    assert loss3.total.item() == pytest.approx(consistency3 - 2 * spread3, rel=1e-6)
 
 
 def test_entropy_term_gradient_matches_the_analytic_one():
@@ -379,3 +396,141 @@ def test_scan_and_selflabel_train_on_the_gpu_and_hand_back_cpu_modules(tmp_path)
                                   out_dir=tmp_path / "sl", show_progress=False)
     assert evaluate(sl.predictions, y)["acc"] > 0.95
     assert all(p.device.type == "cpu" for p in head.parameters())
+
+
+# ---------------------------------------------------------------- whole-dataset loss in chunks, head selection
+
+def _dense_scan_loss(p: np.ndarray, nb: np.ndarray, entropy_weight: float) -> dict[str, float]:
+    """The whole-dataset SCAN loss as one dense float64 (N, M, K) computation, independent of the library."""
+    p = np.asarray(p, dtype=np.float64)
+    agreement = (p[:, None, :] * p[nb]).sum(-1)
+    consistency = float(-np.log(np.maximum(agreement, 1e-8)).mean())
+    mean = p.mean(0)
+    spread = float(-(mean * np.log(np.maximum(mean, 1e-8))).sum())
+    return {"total": consistency - entropy_weight * spread, "consistency": consistency, "entropy": spread}
+
+
+def _random_probabilities(rng, n: int, k: int, sharpness: float = 3.0) -> np.ndarray:
+    p = np.exp(rng.normal(size=(n, k)) * sharpness)
+    p /= p.sum(1, keepdims=True)
+    p[0] = 0.0
+    p[0, 0] = 1.0  # a one-hot row: 0 log 0 in the mean, and agreements below the 1e-8 floor
+    p[1] = 0.0
+    p[1, -1] = 1.0
+    return p
+
+
+def _assert_loss_close(got: dict[str, float], want: dict[str, float]) -> None:
+    assert set(got) == {"total", "consistency", "entropy"}
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_chunked_whole_dataset_loss_equals_a_dense_float64_computation(dtype):
+    rng = np.random.default_rng(3)
+    n, k, m = 41, 7, 6
+    p = _random_probabilities(rng, n, k).astype(dtype)
+    nb = rng.integers(0, n, (n, m))
+    nb[0, 0], nb[1, 0] = 1, 0  # the two one-hot rows are neighbours: agreement 0, clamped
+    want = _dense_scan_loss(p, nb, 2.5)  # on the float64 values of the very same (maybe float32) numbers
+    for chunk_rows in (1, 2, 5, n, n + 100, None):
+        _assert_loss_close(scan_loss_of_probabilities(p, nb, 2.5, chunk_rows=chunk_rows), want)
+    _assert_loss_close(scan_loss_of_probabilities(p, nb, 2.5, memory_bytes=1), want)  # one row at a time
+    _assert_loss_close(scan_loss_of_probabilities(torch.from_numpy(p), nb.astype(np.int32), 2.5), want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_memory_mapped_probabilities_scored_in_blocks_equal_the_dense_computation(tmp_path, dtype):
+    rng = np.random.default_rng(4)
+    n, k, m = 53, 5, 4
+    p = _random_probabilities(rng, n, k).astype(dtype)
+    nb = rng.integers(0, n, (n, m))
+    np.save(tmp_path / "p.npy", p)
+    mapped = np.load(tmp_path / "p.npy", mmap_mode="r")
+    want = _dense_scan_loss(p, nb, 5.0)
+    row = k * p.itemsize
+    # a block of 1 row, of 2, 3 (N not a multiple), 10; and one block holding every row
+    for block_bytes in (1, 2 * row, 3 * row, 10 * row, n * row):
+        for chunk_rows in (1, 3, None):
+            _assert_loss_close(scan_loss_of_probabilities(mapped, nb, 5.0, chunk_rows=chunk_rows,
+                                                          block_bytes=block_bytes), want)
+
+
+def test_whole_dataset_loss_rejects_neighbour_indices_out_of_range():
+    p = np.full((4, 2), 0.5)
+    for bad in ([[1], [2], [3], [4]], [[1], [2], [3], [-1]]):
+        with pytest.raises(NolabelError, match="neighbour indices"):
+            scan_loss_of_probabilities(p, np.array(bad), 1.0)
+
+
+def test_head_chosen_is_the_one_with_the_lowest_dense_total():
+    rng = np.random.default_rng(5)
+    n, k, m = 60, 6, 5
+    truth = rng.integers(0, k, n)
+    nb = np.stack([rng.choice(np.flatnonzero(truth == truth[i]), m) for i in range(n)])
+    heads = []
+    for noise in (3.0, 0.3, 1.0, 6.0):  # the neighbours share a cluster: the least noisy head wins
+        logits = np.eye(k)[truth] * 4 + rng.normal(size=(n, k)) * noise
+        heads.append(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
+    dense = [_dense_scan_loss(p, nb, 5.0)["total"] for p in heads]
+    losses = [scan_loss_of_probabilities(p.astype(np.float32), nb, 5.0, chunk_rows=7) for p in heads]
+    assert select_head(losses) == int(np.argmin(dense)) == 1
+    # a diverged head (NaN loss) is never chosen
+    assert select_head([{"total": float("nan")}] + losses) == 2
+
+
+def test_streamed_head_selection_equals_the_in_memory_one(tmp_path, monkeypatch):
+    from nolabel.cluster import scan
+
+    x, _ = _blobs(n_per=60)
+    nb = mine_neighbors(x, k=8)
+    config = ScanConfig(n_clusters=4, n_heads=3, epochs=2, batch_size=60, lr=1e-2)
+    in_memory = train_scan_features(x, nb, config, show_progress=False)
+    # ImageNet's path: each head predicted to a scratch file in out_dir, scored from it in blocks
+    monkeypatch.setattr(scan, "HEAD_SELECTION_IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(scan, "LOSS_BLOCK_BYTES", 7 * 4 * 4)
+    streamed = train_scan_features(x, nb, config, out_dir=tmp_path, show_progress=False)
+    assert isinstance(streamed.probabilities, np.memmap) and streamed.probabilities.dtype == np.float32
+    np.testing.assert_array_equal(streamed.probabilities, in_memory.probabilities)
+    assert streamed.best_head == in_memory.best_head
+    for got, want in zip(streamed.head_losses, in_memory.head_losses):
+        _assert_loss_close(got, want)
+    assert not list(tmp_path.glob(".scan-head*"))  # no scratch file left behind
+    dense = [_dense_scan_loss(p, nb, config.entropy_weight)["total"]
+             for p in scan._predict(streamed.heads, scan.FeatureInputs(x), len(x), 512, False)]
+    assert streamed.best_head == int(np.argmin(dense))
+
+
+def test_scan_stage_reuses_neighbours_only_from_the_same_features_and_count(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from nolabel.cluster.scan import run_scan
+    from nolabel.store import write_store
+
+    digits = load_digits()
+    x = (digits.data / 16).astype(np.float32)
+    items = [f"all/{i}" for i in range(len(x))]
+    write_store(tmp_path / "feats", x, digits.target, items, {"model": "pixels"})
+    write_store(tmp_path / "other", x[::-1].copy(), digits.target[::-1], items[::-1], {"model": "pixels"})
+    config = ScanConfig(n_clusters=10, n_heads=1, epochs=1, batch_size=256, lr=1e-2, device="cpu")
+    scan_dir = tmp_path / "scan"
+    neighbors = scan_dir / "neighbors.npy"
+
+    def train(features="feats", k=5, **settings):
+        return run_scan(scan_dir, features=tmp_path / features, num_neighbors=k,
+                        config=ScanConfig(**{**config.__dict__, **settings}), force=True, show_progress=False)
+
+    first = train()
+    mined, finished = neighbors.stat().st_mtime_ns, (scan_dir / "scan.json").stat().st_mtime_ns
+    assert train() == first  # the same inputs: the finished result, kept as it is
+    assert (scan_dir / "scan.json").stat().st_mtime_ns == finished
+    train(epochs=2)  # other training settings: SCAN is redone, on the same neighbours
+    assert neighbors.stat().st_mtime_ns == mined
+    train(epochs=2, k=7)  # another count: mined again
+    assert np.load(neighbors).shape == (len(x), 7)
+    remined = neighbors.stat().st_mtime_ns
+    assert remined != mined
+    train(features="other", epochs=2, k=7)  # other features, same count: mined again
+    assert neighbors.stat().st_mtime_ns != remined
+    np.testing.assert_array_equal(np.load(neighbors)[-1], len(x) - 1 - mine_neighbors(x, k=7)[0])

@@ -20,19 +20,20 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from . import __version__, distributed
+from . import __version__, distributed, record
 from .data import BadImageError, ImageDataset, load
 from .errors import NolabelError
-from .io import atomic_path, read_json, refuse_overwrite, release_pages, save_npy, write_json
+from .io import atomic_path, read_json, release_pages, save_npy, write_json
 from .models import Backbone, create
+from .progress import progress_bar
 from .store import FEATURES, LABELS, MANIFEST, FeatureStore, write_index, write_skipped
 
 PARTIAL = ".partial"
@@ -91,6 +92,7 @@ def extract(
     options: ExtractOptions = ExtractOptions(),
     force: bool = False,
     progress: bool = True,
+    log: Callable[[str], None] = lambda message: None,
 ) -> FeatureStore:
     """Run `model` over `data` and write a complete FeatureStore at `out`.
 
@@ -98,11 +100,13 @@ def extract(
     name (see `nolabel models`) or a Backbone; `download` lets a published weight named by `model`
     be fetched from its URL when it is not cached. Returns the store; its `features` are (N, D) with
     N = images decoded successfully and D = the backbone's feature dimension.
+
+    A store already finished at `out` with the same inputs (`extraction_inputs`) is returned as it
+    is (`log` says so); one made with other inputs is replaced only with `force`. An unfinished
+    extraction with the same inputs resumes.
     """
     out = Path(out)
     distributed.init()
-    if (out / MANIFEST).exists():
-        refuse_overwrite(out / MANIFEST, force, what="a complete feature store")
     dataset = load(data, on_bad_image=options.on_bad_image) if isinstance(data, str) else data
     if len(dataset) == 0:
         raise NolabelError(f"{dataset.spec}: the dataset holds no images")
@@ -111,13 +115,15 @@ def extract(
     device = distributed.resolve_device(options.device)
     transform = backbone.eval_transform(options.image_size)
     dim = feature_dim(backbone, transform.image_size)
-    settings = _settings(dataset, backbone, transform, options, dim)
+    inputs = extraction_inputs(dataset, backbone, transform, options, dim)
+    status = record.begin(out, "extract", inputs, force=force, what="a feature store")
+    if status is record.DONE:
+        log(f"{out}: up to date ({dataset.spec} through {backbone.name})")
+        return FeatureStore.open(out)
 
     partial = out / PARTIAL
     if distributed.is_main():
-        if force and (out / MANIFEST).exists():
-            (out / MANIFEST).unlink()
-        _prepare_partial(partial, settings, len(dataset), dim, options.dtype, force)
+        _prepare_partial(out, partial, len(dataset), dim, options.dtype, fresh=status is record.START)
     distributed.barrier()
 
     n_batches = -(-len(dataset) // options.batch_size)
@@ -126,7 +132,7 @@ def extract(
     _extract_batches(dataset, backbone, transform, partial, my_batches, options, device, progress)
     distributed.barrier()
     if distributed.is_main():
-        _finalize(out, partial, dataset, settings, options, time.perf_counter() - started)
+        _finalize(out, partial, dataset, inputs, backbone, time.perf_counter() - started)
     distributed.barrier()
     return FeatureStore.open(out)
 
@@ -143,42 +149,40 @@ def feature_dim(backbone: Backbone, image_size: int) -> int:
     return int(out.shape[1])
 
 
-def _settings(dataset: ImageDataset, backbone: Backbone, transform, options: ExtractOptions, dim: int) -> dict:
-    """Everything that determines the features; a resume must match it exactly."""
+def extraction_inputs(dataset: ImageDataset, backbone: Backbone, transform, options: ExtractOptions,
+                      dim: int) -> dict:
+    """Everything that determines the features (the store's record): the data by content, the
+    weights by hash, the whole eval transform, and how the numbers are computed and stored. The
+    batch size is there because resume is exact only with the same batches."""
     report = backbone.load_report
     return {
         "dataset": dataset.spec,
+        "data_fingerprint": dataset.fingerprint(),
         "n_images": len(dataset),
         "model": backbone.name,
-        "weights": getattr(report, "source", None),
         "weights_sha256": getattr(report, "sha256", None),
         "transform": transform.describe(),
         "dim": dim,
         "dtype": options.dtype,
         "precision": options.precision,
         "batch_size": options.batch_size,
+        "on_bad_image": options.on_bad_image,
     }
 
 
-def _prepare_partial(partial: Path, settings: dict, n: int, dim: int, dtype: str, force: bool) -> None:
-    settings_file = partial / "settings.json"
-    if settings_file.exists():
-        previous = read_json(settings_file)
-        if previous == settings and (partial / FEATURES).exists():
-            return  # resume
-        if previous != settings and not force:
-            changed = sorted(k for k in settings if previous.get(k) != settings[k])
-            raise NolabelError(
-                f"{partial.parent}: holds an unfinished extraction made with other settings "
-                f"({', '.join(changed)} differ); rerun with the same arguments to resume it, or "
-                "pass --force to start over"
-            )
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
+def _prepare_partial(out: Path, partial: Path, n: int, dim: int, dtype: str, fresh: bool) -> None:
+    """The preallocated feature file in `partial`; `fresh` discards the store and any partial work
+    that was there (the record has just been claimed for new inputs)."""
+    if fresh:
+        for name in (MANIFEST, FEATURES, LABELS):
+            (out / name).unlink(missing_ok=True)
+        if partial.exists():
+            shutil.rmtree(partial)
+    if (partial / FEATURES).exists():
+        return  # resume
+    partial.mkdir(parents=True, exist_ok=True)
     with atomic_path(partial / FEATURES) as tmp:
         np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, dim)).flush()
-    write_json(settings_file, settings)
 
 
 class _Decoded(Dataset):
@@ -236,8 +240,7 @@ def _extract_batches(dataset, backbone, transform, partial, batches: range, opti
         write_json(progress_file, {"next_batch": next_batch, "skipped": state["skipped"]})
 
     remaining = sum(len(b) for b in batch_indices)
-    bar = tqdm(total=remaining, unit="img", desc="extract", disable=not (progress and distributed.is_main()),
-               dynamic_ncols=True, smoothing=0.1)
+    bar = progress_bar(total=remaining, desc="extract", unit="img", enabled=progress, smoothing=0.1)
     last_record = time.monotonic()
     with torch.inference_mode(), autocast:
         for b, (rows, pixels, bad) in enumerate(loader, start=first):
@@ -263,7 +266,7 @@ def _extract_batches(dataset, backbone, transform, partial, batches: range, opti
     bar.close()
 
 
-def _finalize(out: Path, partial: Path, dataset, settings: dict, options, seconds: float) -> None:
+def _finalize(out: Path, partial: Path, dataset, inputs: dict, backbone: Backbone, seconds: float) -> None:
     skipped = []
     for progress_file in sorted(partial.glob("progress.rank*.json")):
         skipped.extend(read_json(progress_file)["skipped"])
@@ -280,18 +283,17 @@ def _finalize(out: Path, partial: Path, dataset, settings: dict, options, second
     save_npy(out / LABELS, dataset.labels[keep].astype(np.int64))
     write_index(out, [dataset.item_names[i] for i in keep])
     write_skipped(out, [(item, reason) for _, item, reason in skipped])
-    write_json(out / MANIFEST, {
-        **settings,
-        "classes": list(dataset.classes),
-        "n": int(len(keep)),
-        "n_skipped": len(skipped),
+    info = {
+        "weights": getattr(backbone.load_report, "source", None),
         "seconds": round(seconds, 2),
         "images_per_second": round(len(dataset) / max(seconds, 1e-9), 1),
         "world_size": distributed.world_size(),
         "nolabel_version": __version__,
         "torch_version": torch.__version__,
-        "complete": True,
-    })
+    }
+    write_json(out / MANIFEST, {**inputs, **info, "classes": list(dataset.classes), "n": int(len(keep)),
+                                "n_skipped": len(skipped), "complete": True})
+    record.finish(out, "extract", inputs, **info)
     shutil.rmtree(partial)
 
 

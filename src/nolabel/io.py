@@ -73,12 +73,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def refuse_overwrite(path: str | os.PathLike, force: bool, what: str = "output") -> None:
-    """Raise unless `path` is absent or the user passed --force."""
-    if Path(path).exists() and not force:
-        raise NolabelError(f"{path}: {what} already exists; pass --force to overwrite it")
-
-
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()

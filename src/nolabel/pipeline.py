@@ -12,8 +12,9 @@ as correct when the ImageNet class its cluster maps to (fitted on train) is one 
 classes of its ObjectNet class; samples of classes without an ImageNet counterpart are not scored.
 
 Output folder: pca.npz, centroids.npy, assignments.csv (row, source, cluster, distance, label),
-metrics.json, run.json (settings, versions, timings). `run.json` is written last and records the
-settings, so a caller can tell a finished, matching stage from one to redo.
+metrics.json, run.json (settings, versions, timings) and, last, record.json (`nolabel.record`): the
+fingerprints of the feature stores and the settings, so a caller can tell a finished, matching
+stage from one to redo.
 """
 from __future__ import annotations
 
@@ -27,32 +28,29 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import __version__, metrics
+from . import __version__, metrics, record
 from .cluster import KMeans, PCA
 from .cluster._faiss import import_faiss
 from .config import EvaluateConfig, KMeansConfig, PCAConfig
 from .errors import NolabelError
-from .io import atomic_path, read_json, refuse_overwrite, save_npy, write_json
+from .io import atomic_path, read_json, save_npy, write_json
 from .store import FeatureStore
 
 RUN_JSON = "run.json"
+STAGE = "cluster"
 
 
 def stage_settings(stores: Sequence[FeatureStore], pca: PCAConfig, kmeans: KMeansConfig,
                    evaluate: EvaluateConfig) -> dict[str, Any]:
-    """What determines this stage's output: its inputs (by manifest) and its parameters."""
+    """What determines this stage's output (its record's inputs): the feature stores it reads, by
+    fingerprint, and its parameters."""
     return {
-        "inputs": [{"path": str(s.path), "dataset": s.manifest.get("dataset"), "model": s.manifest.get("model"),
-                    "weights_sha256": s.manifest.get("weights_sha256"), "n": s.n, "dim": s.dim} for s in stores],
+        "inputs": [{"dataset": s.manifest.get("dataset"), "model": s.manifest.get("model"),
+                    "features": s.fingerprint, "n": s.n, "dim": s.dim} for s in stores],
         "pca": asdict(pca),
         "kmeans": asdict(kmeans),
         "evaluate": asdict(evaluate),
     }
-
-
-def is_done(out: str | os.PathLike, settings: dict[str, Any]) -> bool:
-    run_json = Path(out) / RUN_JSON
-    return run_json.exists() and read_json(run_json).get("settings") == settings
 
 
 def cluster_stores(
@@ -68,18 +66,21 @@ def cluster_stores(
 ) -> dict[str, Any]:
     """Fit PCA + k-means on `train`, assign `train` and every store in `evals`, score, write `out`.
 
-    Returns the metrics dict written to metrics.json: {source name: {...}}.
+    Returns the metrics dict written to metrics.json: {source name: {...}}. An output already
+    finished in `out` from the same stores and settings is returned as it is; one made from others
+    is replaced only with `force`.
     """
     out = Path(out)
-    refuse_overwrite(out / RUN_JSON, force, what="a finished clustering")
     stores = [train, *evals]
-    names = _source_names(stores)
+    names = source_names(stores)
     for s in evals:
         if s.dim != train.dim:
             raise NolabelError(f"{s.path}: features have {s.dim} dimensions, the train store {train.dim}")
     if kmeans.k > train.n:
         raise NolabelError(f"k = {kmeans.k} clusters but the train store has only {train.n} rows")
     settings = stage_settings(stores, pca, kmeans, evaluate)
+    if record.begin(out, STAGE, settings, force=force, what="a clustering") is record.DONE:
+        return read_json(out / "metrics.json")
     timings: dict[str, float] = {}
     out.mkdir(parents=True, exist_ok=True)
 
@@ -90,6 +91,7 @@ def cluster_stores(
         train_x = projector.fit_transform(train.features)
         projector.save(out / "pca.npz")
     else:
+        (out / "pca.npz").unlink(missing_ok=True)  # from an earlier clustering of this folder with PCA
         train_x = np.asarray(train.features, dtype=np.float32)
     timings["pca_fit"] = time.perf_counter() - t
 
@@ -124,6 +126,7 @@ def cluster_stores(
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
         "versions": _versions(),
     })
+    record.finish(out, STAGE, settings)
     return results
 
 
@@ -150,7 +153,8 @@ def format_metrics(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _source_names(stores: Sequence[FeatureStore]) -> list[str]:
+def source_names(stores: Sequence[FeatureStore]) -> list[str]:
+    """The `source` name of each store: "train" for the first, then each store's folder name (made unique)."""
     names = ["train"]
     for s in stores[1:]:
         base = s.path.name or "eval"

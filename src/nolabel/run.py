@@ -1,21 +1,26 @@
-"""The main job: one configuration, end to end, stage by stage, into one run folder.
+"""The main job: one configuration, end to end, as a list of stages walked into one run folder.
 
     RUN/config.yaml             the resolved configuration
+    RUN/deepcluster/ pretrain/  a backbone trained first (when configured)
     RUN/features/<dataset>/     one feature store per dataset (nolabel extract)
     RUN/cluster/                PCA + k-means + assignments + metrics (nolabel cluster)
+    RUN/views_weak/ views_strong/ scan/ selflabel/   SCAN and self-labeling (when configured)
     RUN/baseline/...            the same clustering on raw pixels, as a reference row
     RUN/summary.json            the results table
 
-Each stage records the settings that produced it and is skipped when its finished output matches,
-so a killed run resumes where it stopped, and a changed setting recomputes only what depends on it.
-A folder made by a different configuration is never overwritten without `force`.
+A stage is a name, an output folder and one function (`Stage`); `run` walks the list. Every stage
+function keeps a record of its inputs - its settings and the fingerprints of what it reads
+(`nolabel.record`) - so a finished stage whose inputs are unchanged is skipped, a killed one
+resumes, and a change anywhere upstream reruns everything downstream. A folder made by a different
+configuration is never overwritten without `force`.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import asdict, fields, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,7 @@ from . import pipeline, store
 from .config import PCAConfig, RunConfig, dump_config, load_config
 from .errors import NolabelError
 from .features import ExtractOptions, extract
-from .io import sha256_file, slug, write_json, write_text
+from .io import slug, write_json, write_text
 
 SUMMARY_METRICS = ("acc", "nmi", "ari", "ami")
 
@@ -41,40 +46,98 @@ def default_data() -> str:
         return "digits"
 
 
+@dataclass
+class Stage:
+    """One step of a run: `compute()` brings the output in `folder` up to date with its inputs.
+
+    Every stage function checks its own record (`nolabel.record`) and returns at once when its
+    output is finished with the same inputs, resumes unfinished work of the same inputs, and
+    recomputes otherwise (the run has claimed the folder, so it may replace what another
+    configuration left). `about` says what it will compute, for the log."""
+
+    name: str
+    folder: Path
+    about: str
+    compute: Callable[[], Any]
+
+
+class _Job:
+    """The state stages hand down to later stages: the backbone weights, the feature stores, the
+    results rows and the timings."""
+
+    def __init__(self, cfg: RunConfig, out: Path, progress: bool, log: Callable[[str], None]):
+        self.cfg, self.out, self.progress, self.log = cfg, out, progress, log
+        self.weights, self.trained_by = cfg.model.weights, ""
+        self.stores: dict[str, list[store.FeatureStore]] = {"features": [], "baseline": []}
+        self.rows: list[dict[str, Any]] = []
+        self.timings: dict[str, float] = {}
+
+    def walk(self, stage: Stage) -> None:
+        """Compute `stage` and log whether it was up to date: its records are then unchanged."""
+        before = _records(stage.folder)
+        self.log(f"{stage.name}: {stage.about}")
+        started = time.perf_counter()
+        stage.compute()
+        self.timings[stage.name] = time.perf_counter() - started
+        after = _records(stage.folder)
+        fresh = before == after and after and all('"finished": true' in text for text in after.values())
+        self.log(f"{stage.name}: {'up to date' if fresh else f'done in {self.timings[stage.name]:.1f} s'}")
+
+
 def run(cfg: RunConfig, out: str | os.PathLike | None = None, *, force: bool = False,
         progress: bool = True, log=print) -> dict[str, Any]:
     """Run `cfg` into `out` (default runs/<name>); return the summary written to summary.json."""
     out = Path(out) if out is not None else Path("runs") / cfg.name
     _claim_folder(out, cfg, force)
-    timings: dict[str, float] = {}
-
     log(f"run folder: {out}")
-    specs = [cfg.data.train, *cfg.data.eval]
-    weights, trained_by = cfg.model.weights, ""
-    if cfg.deepcluster is not None:
-        weights, trained_by = _deepcluster_stage(cfg, out / "deepcluster", timings, progress, log), " (DeepCluster)"
-    if cfg.pretrain is not None:
-        weights, trained_by = _pretrain_stage(cfg, out / "pretrain", timings, progress, log), " (SimCLR)"
-    stores = _extract_all(cfg, out / "features", specs, cfg.model.name, weights, cfg.extract.image_size,
-                          timings, "features", progress, log)
-    rows = [_cluster_stage(cfg, stores, out / "cluster", cfg.pca, timings, "cluster", progress, log,
-                           f"{cfg.model.name}{trained_by} + PCA + k-means")]
-    if cfg.scan is not None:
-        rows.extend(_scan_stages(cfg, out, stores, weights, timings, progress, log))
-    if cfg.baseline.enabled:
-        pixel_stores = _extract_all(cfg, out / "baseline" / "features", specs, "pixels", None,
-                                    cfg.baseline.image_size, timings, "baseline features", progress, log)
-        rows.append(_cluster_stage(cfg, pixel_stores, out / "baseline" / "cluster", cfg.pca, timings,
-                                   "baseline cluster", progress, log, "raw pixels + PCA + k-means"))
-
-    summary = {"name": cfg.name, "folder": str(out), "rows": rows,
-               "timings_seconds": {k: round(v, 2) for k, v in timings.items()}}
+    job = _Job(cfg, out, progress, log)
+    for stage in _stages(job):
+        job.walk(stage)
+    summary = {"name": cfg.name, "folder": str(out), "rows": job.rows,
+               "timings_seconds": {k: round(v, 2) for k, v in job.timings.items()}}
     write_json(out / "summary.json", summary)
     if cfg.report:
         from .report import write_report
 
         summary["report"] = str(write_report(out))
     return summary
+
+
+def _stages(job: _Job) -> Iterator[Stage]:
+    """The run's stages in order. Generated one at a time: a stage's inputs (e.g. the checkpoint a
+    training wrote) are known once the stages before it have run."""
+    cfg, out = job.cfg, job.out
+    specs = [cfg.data.train, *cfg.data.eval]
+    if cfg.deepcluster is not None:
+        yield Stage("deepcluster", out / "deepcluster", f"{cfg.deepcluster.version} on {cfg.data.train}, "
+                    f"{cfg.deepcluster.epochs} epochs", lambda: _deepcluster(job, out / "deepcluster"))
+    if cfg.pretrain is not None:
+        yield Stage("pretrain", out / "pretrain", f"SimCLR {cfg.model.name} on {cfg.data.train}, "
+                    f"{cfg.pretrain.epochs} epochs", lambda: _pretrain(job, out / "pretrain"))
+    for spec in specs:
+        folder = out / "features" / slug(spec)
+        yield Stage(f"features {spec}", folder, f"through {cfg.model.name}",
+                    partial(_extract, job, "features", spec, folder, cfg.model.name, job.weights,
+                            cfg.extract.image_size))
+    yield Stage("cluster", out / "cluster", f"PCA {cfg.pca.n_components if cfg.pca.enabled else 'off'} + "
+                f"k-means k={cfg.kmeans.k}", lambda: job.rows.append(_cluster(
+                    job, job.stores["features"], out / "cluster", f"{cfg.model.name}{job.trained_by} + PCA + k-means")))
+    if cfg.scan is not None:
+        yield from _scan_stages(job)
+    if cfg.baseline.enabled:
+        for spec in specs:
+            folder = out / "baseline" / "features" / slug(spec)
+            yield Stage(f"baseline features {spec}", folder, "raw pixels",
+                        partial(_extract, job, "baseline", spec, folder, "pixels", None, cfg.baseline.image_size))
+        yield Stage("baseline cluster", out / "baseline" / "cluster", f"PCA + k-means k={cfg.kmeans.k}",
+                    lambda: job.rows.append(_cluster(job, job.stores["baseline"], out / "baseline" / "cluster",
+                                                     "raw pixels + PCA + k-means")))
+
+
+def _records(folder: Path) -> dict[str, str]:
+    """The text of every record under `folder` (a stage's own, and those of what it holds)."""
+    return {str(p): p.read_text(encoding="utf-8") for p in sorted(folder.rglob("*record.json"))} \
+        if folder.is_dir() else {}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -113,107 +176,81 @@ def _same_config(path: Path, cfg: RunConfig) -> bool:
         return False
 
 
-def _deepcluster_stage(cfg: RunConfig, folder: Path, timings: dict, progress: bool, log) -> str:
-    """Train cfg.model.name with DeepCluster on the train images; return the backbone checkpoint.
-
-    Resumes from its own per-epoch state; a finished training returns at once."""
+def _deepcluster(job: _Job, folder: Path) -> None:
+    """Train cfg.model.name with DeepCluster on the train images; extraction then uses its backbone."""
     from .cluster.deepcluster import train_deepcluster
     from .data import load
 
-    t = time.perf_counter()
+    cfg = job.cfg
     dataset = load(cfg.data.train, on_bad_image=cfg.data.on_bad_image)
     if not hasattr(dataset, "images"):
         raise NolabelError(f"{cfg.data.train}: DeepCluster trains on images held in memory (Fashion-MNIST, "
                            "MNIST, digits, CIFAR, STL-10); this dataset is a folder of files")
-    log(f"deepcluster: {cfg.deepcluster.version} on {cfg.data.train}, {cfg.deepcluster.epochs} epochs")
     result = train_deepcluster(dataset.images, folder, replace(cfg.deepcluster, model=cfg.model.name),
-                               labels=dataset.labels, show_progress=progress)
-    timings["deepcluster"] = time.perf_counter() - t
-    return str(result.checkpoint)
+                               labels=dataset.labels, show_progress=job.progress, force=True)
+    job.weights, job.trained_by = str(result.checkpoint), " (DeepCluster)"
 
 
-def _pretrain_stage(cfg: RunConfig, folder: Path, timings: dict, progress: bool, log) -> str:
-    """Train cfg.model.name with SimCLR on the train images (resuming); return the backbone checkpoint."""
+def _pretrain(job: _Job, folder: Path) -> None:
+    """Train cfg.model.name with SimCLR on the train images; extraction then uses its backbone."""
     from .pretrain.simclr import SimCLRConfig, pretrain_simclr
 
-    t = time.perf_counter()
-    log(f"pretrain: SimCLR {cfg.model.name} on {cfg.data.train}, {cfg.pretrain.epochs} epochs")
+    cfg = job.cfg
     library = SimCLRConfig(**{f.name: getattr(cfg.pretrain, f.name) for f in fields(SimCLRConfig)})
-    result = pretrain_simclr(cfg.data.train, folder, replace(library, model=cfg.model.name), show_progress=progress)
-    timings["pretrain"] = time.perf_counter() - t
-    return str(result.checkpoint)
+    result = pretrain_simclr(cfg.data.train, folder, replace(library, model=cfg.model.name), force=True,
+                             show_progress=job.progress)
+    job.weights, job.trained_by = str(result.checkpoint), " (SimCLR)"
 
 
-def _scan_stages(cfg: RunConfig, out: Path, stores: list[store.FeatureStore], weights: str | None, timings: dict,
-                 progress: bool, log) -> list[dict[str, Any]]:
-    """SCAN (+ self-labeling) trained on the train set; one results row each, scoring the train set
-    and every eval set (assigned by the trained head)."""
+def _scan_stages(job: _Job) -> Iterator[Stage]:
+    """SCAN (+ self-labeling) trained on the train set, after the augmented views they sample in
+    features mode; one results row each, scoring the train set and every eval set."""
     from .cluster.scan import run_scan, write_augmented_views
     from .cluster.selflabel import run_selflabel
 
-    train = stores[0]
+    cfg, out = job.cfg, job.out
     scan, network = cfg.scan, cfg.scan.mode == "network"
-    bf16 = cfg.extract.precision == "bf16"
     image_size = cfg.extract.image_size
-    inputs = ({"data": cfg.data.train, "model": cfg.model.name, "weights": weights, "image_size": image_size}
-              if network else {"features": str(train.path)})
-    source = {"features": train.manifest.get("weights_sha256"), "n": train.n, "dim": train.dim}
-    rows = []
+    views: dict[str, list[Path]] = {"weak": [], "strong": []}
+    # the strong views are written once, as many as the stage that samples most of them needs
+    wanted = {"weak": scan.weak_views,
+              "strong": max(scan.strong_views, cfg.selflabel.strong_views if cfg.selflabel else 0)}
 
-    def views(kind: str, count: int) -> list[Path]:
-        """The first `count` stored views of `kind`; the strong ones are written once, as many as the
-        stage that samples most of them needs."""
-        if network or count == 0:
-            return []
-        stored = count if kind == "weak" else max(scan.strong_views, cfg.selflabel.strong_views if cfg.selflabel else 0)
-        return write_augmented_views(cfg.data.train, cfg.model.name, out / f"views_{kind}", kind=kind,
-                                     n_views=stored, weights=weights, image_size=image_size, bf16=bf16,
-                                     seed=scan.seed, show_progress=progress)[:count]
+    def write_views(kind: str) -> None:
+        views[kind] = write_augmented_views(
+            cfg.data.train, cfg.model.name, out / f"views_{kind}", kind=kind, n_views=wanted[kind],
+            weights=job.weights, image_size=image_size, bf16=cfg.extract.precision == "bf16", seed=scan.seed,
+            show_progress=job.progress)
 
-    t = time.perf_counter()
-    settings = {"scan": asdict(scan), "inputs": source}
-    if _stage_done(out / "scan", settings):
-        log("scan: up to date")
-    else:
-        augmented = views("weak", scan.weak_views) + views("strong", scan.strong_views)
-        log(f"scan: {scan.n_heads} heads, K = {scan.n_clusters}, {scan.mode} mode")
-        run_scan(out / "scan", **inputs, augmented=augmented, num_neighbors=scan.mine_neighbors,
-                 pca_components=scan.pca, config=scan.library_config(), force=True, show_progress=progress)
-        _stage_finished(out / "scan", settings)
-    timings["scan"] = time.perf_counter() - t
-    rows.append(_predictions_row(f"{cfg.model.name}{' (SimCLR)' if cfg.pretrain else ''} + SCAN", out / "scan",
-                                 stores, cfg))
+    for kind in ("weak", "strong"):
+        if not network and wanted[kind]:
+            yield Stage(f"views {kind}", out / f"views_{kind}", f"{wanted[kind]} {kind} view(s) of every image",
+                        partial(write_views, kind))
 
+    def inputs(**more: Any) -> dict[str, Any]:
+        if network:
+            return {"data": cfg.data.train, "model": cfg.model.name, "image_size": image_size, **more}
+        return {"features": str(job.stores["features"][0].path)}
+
+    method = f"{cfg.model.name}{job.trained_by} + SCAN"
+
+    def train_scan() -> None:
+        run_scan(out / "scan", **inputs(weights=job.weights),
+                 augmented=views["weak"][:scan.weak_views] + views["strong"][:scan.strong_views],
+                 num_neighbors=scan.mine_neighbors, pca_components=scan.pca, config=scan.library_config(),
+                 force=True, show_progress=job.progress)
+        job.rows.append(_predictions_row(method, out / "scan", job.stores["features"], cfg))
+
+    yield Stage("scan", out / "scan", f"{scan.n_heads} heads, K = {scan.n_clusters}, {scan.mode} mode", train_scan)
     if cfg.selflabel is not None:
-        t = time.perf_counter()
-        settings = {"selflabel": asdict(cfg.selflabel), "scan": settings}
-        if _stage_done(out / "selflabel", settings):
-            log("selflabel: up to date")
-        else:
-            augmented = views("strong", cfg.selflabel.strong_views)
-            log(f"selflabel: confidence > {cfg.selflabel.threshold}")
-            inputs_sl = ({"data": cfg.data.train, "model": cfg.model.name, "image_size": image_size}
-                         if network else {"features": str(train.path)})
-            run_selflabel(out / "scan", out / "selflabel", **inputs_sl, augmented=augmented,
-                          config=cfg.selflabel.library_config(), force=True, show_progress=progress)
-            _stage_finished(out / "selflabel", settings)
-        timings["selflabel"] = time.perf_counter() - t
-        rows.append(_predictions_row(rows[-1]["method"] + " + self-labeling", out / "selflabel", stores, cfg,
-                                     scan_dir=out / "scan"))
-    return rows
+        def train_selflabel() -> None:
+            run_selflabel(out / "scan", out / "selflabel", **inputs(),
+                          augmented=views["strong"][:cfg.selflabel.strong_views],
+                          config=cfg.selflabel.library_config(), force=True, show_progress=job.progress)
+            job.rows.append(_predictions_row(method + " + self-labeling", out / "selflabel", job.stores["features"],
+                                             cfg, scan_dir=out / "scan"))
 
-
-STAGE_JSON = "stage.json"
-
-
-def _stage_done(folder: Path, settings: dict[str, Any]) -> bool:
-    from .io import read_json
-
-    return (folder / STAGE_JSON).exists() and read_json(folder / STAGE_JSON) == json.loads(json.dumps(settings))
-
-
-def _stage_finished(folder: Path, settings: dict[str, Any]) -> None:
-    write_json(folder / STAGE_JSON, settings)
+        yield Stage("selflabel", out / "selflabel", f"confidence > {cfg.selflabel.threshold}", train_selflabel)
 
 
 def _predictions_row(method: str, folder: Path, stores: list[store.FeatureStore], cfg: RunConfig,
@@ -234,7 +271,7 @@ def _predictions_row(method: str, folder: Path, stores: list[store.FeatureStore]
         return {m: scored[m] for m in SUMMARY_METRICS}
 
     network = cfg.scan.mode == "network"
-    names = pipeline._source_names(stores)
+    names = pipeline.source_names(stores)
     sources = []
     for i, (name, s) in enumerate(zip(names, stores)):
         if i == 0:
@@ -253,63 +290,24 @@ def _predictions_row(method: str, folder: Path, stores: list[store.FeatureStore]
 
 
 
-def _extract_all(cfg: RunConfig, root: Path, specs: list[str], model: str, weights: str | None,
-                 image_size: int | None, timings: dict, label: str, progress: bool, log) -> list[store.FeatureStore]:
-    t = time.perf_counter()
+def _extract(job: _Job, family: str, spec: str, folder: Path, model: str, weights: str | None,
+             image_size: int | None) -> None:
+    cfg = job.cfg
     options = ExtractOptions(batch_size=cfg.extract.batch_size, image_size=image_size,
                              device=cfg.extract.device, dtype=cfg.extract.dtype,
                              precision=cfg.extract.precision, workers=cfg.extract.workers,
                              on_bad_image=cfg.data.on_bad_image)
-    stores = []
-    for spec in specs:
-        folder = root / slug(spec)
-        existing = _matching_store(folder, spec, model, weights, options)
-        if existing is not None:
-            log(f"{label}: {spec}: up to date ({existing.n} x {existing.dim})")
-            stores.append(existing)
-            continue
-        log(f"{label}: {spec} through {model}")
-        stores.append(extract(spec, model, folder, weights=weights, allow_pickle=cfg.model.trust_checkpoint,
-                              download=cfg.model.download and model == cfg.model.name, options=options,
-                              force=True, progress=progress))
-    timings[label] = time.perf_counter() - t
-    return stores
+    job.stores[family].append(extract(spec, model, folder, weights=weights, allow_pickle=cfg.model.trust_checkpoint,
+                                      download=cfg.model.download and model == cfg.model.name, options=options,
+                                      force=True, progress=job.progress))
 
 
-def _matching_store(folder: Path, spec: str, model: str, weights: str | None,
-                    options: ExtractOptions) -> store.FeatureStore | None:
-    if not store.is_complete(folder):
-        return None
-    existing = store.FeatureStore.open(folder)
-    m = existing.manifest
-    wanted = {"dataset": spec, "model": model, "dtype": options.dtype, "precision": options.precision,
-              "batch_size": options.batch_size}
-    if weights is not None and Path(weights).is_file():
-        wanted["weights_sha256"] = sha256_file(weights)
-    if any(m.get(k) != v for k, v in wanted.items()):
-        return None
-    if options.image_size is not None and m.get("transform", {}).get("image_size") != options.image_size:
-        return None
-    return existing
-
-
-def _cluster_stage(cfg: RunConfig, stores, folder: Path, pca: PCAConfig, timings, label, progress, log,
-                   method: str) -> dict[str, Any]:
-    t = time.perf_counter()
-    pca = _fit_pca_to(pca, stores[0])
-    settings = pipeline.stage_settings(stores, pca, cfg.kmeans, cfg.evaluate)
-    if pipeline.is_done(folder, settings):
-        log(f"{label}: up to date")
-        from .io import read_json
-
-        results = read_json(folder / "metrics.json")
-    else:
-        log(f"{label}: PCA {pca.n_components if pca.enabled else 'off'} + k-means k={cfg.kmeans.k}")
-        results = pipeline.cluster_stores(stores[0], stores[1:], folder, pca=pca, kmeans=cfg.kmeans,
-                                          evaluate=cfg.evaluate, force=True, progress=progress)
-    timings[label] = time.perf_counter() - t
+def _cluster(job: _Job, stores: list[store.FeatureStore], folder: Path, method: str) -> dict[str, Any]:
+    cfg = job.cfg
+    results = pipeline.cluster_stores(stores[0], stores[1:], folder, pca=_fit_pca_to(cfg.pca, stores[0]),
+                                      kmeans=cfg.kmeans, evaluate=cfg.evaluate, force=True, progress=job.progress)
     sources = []
-    for name, s in zip(pipeline._source_names(stores), stores):
+    for name, s in zip(pipeline.source_names(stores), stores):
         entry = results[name]
         scored = entry.get("fit_on_eval")
         sources.append({"name": name, "data": s.manifest.get("dataset"), "n": entry["n"],

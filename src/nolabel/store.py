@@ -4,7 +4,8 @@
     DIR/labels.npy     (N,) int64, -1 where the label is unknown
     DIR/index.csv      row,item - which image each row came from (path, or split/index)
     DIR/skipped.csv    item,reason - images that could not be read (empty but for the header if none)
-    DIR/manifest.json  how the features were made; written last, with "complete": true
+    DIR/manifest.json  how the features were made, with "complete": true
+    DIR/record.json    what produced them and its fingerprint (`nolabel.record`); written last
 
 A folder is a finished store only when its manifest says complete; readers refuse anything else,
 so a killed extraction can never be mistaken for a result.
@@ -12,6 +13,7 @@ so a killed extraction can never be mistaken for a result.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import record
 from .errors import NolabelError
 from .io import atomic_path, read_json, save_npy, write_json
 
@@ -28,6 +31,8 @@ LABELS = "labels.npy"
 INDEX = "index.csv"
 SKIPPED = "skipped.csv"
 MANIFEST = "manifest.json"
+# manifest entries that say how an extraction ran, not what it computed
+_RUN_FACTS = ("seconds", "images_per_second", "world_size", "nolabel_version", "torch_version", "weights")
 
 
 @dataclass
@@ -83,6 +88,16 @@ class FeatureStore:
     def classes(self) -> list[str]:
         return list(self.manifest.get("classes", []))
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """The fingerprint of what produced these features (`nolabel.record`): a stage that reads this
+        store lists it among its inputs. A store written before records existed is fingerprinted by
+        its manifest, less the entries that describe the run rather than the features."""
+        found = record.finished_fingerprint(self.path)
+        if found is not None:
+            return found
+        return record.fingerprint({k: v for k, v in self.manifest.items() if k not in _RUN_FACTS})
+
 
 def is_complete(path: str | os.PathLike) -> bool:
     manifest = Path(path) / MANIFEST
@@ -112,8 +127,12 @@ def write_store(
     items: Sequence[str],
     manifest: dict[str, Any],
     skipped: Sequence[tuple[str, str]] = (),
+    inputs: dict[str, Any] | None = None,
 ) -> FeatureStore:
-    """Write an in-memory feature set as a complete store (manifest last)."""
+    """Write an in-memory feature set as a complete store (manifest, then the record, last).
+
+    `inputs`: what produced the features, for the store's record (default: `manifest` and the
+    sha256 of the features and labels, so that other arrays never share a fingerprint)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     features = np.asarray(features)
@@ -131,4 +150,9 @@ def write_store(
         "complete": True,
     }
     write_json(path / MANIFEST, manifest)
+    if inputs is None:
+        content = hashlib.sha256(np.ascontiguousarray(features).data)
+        content.update(np.asarray(labels, dtype="<i8").tobytes())
+        inputs = {**manifest, "content_sha256": content.hexdigest()}
+    record.finish(path, "extract", inputs)
     return FeatureStore(path=path, manifest=manifest)

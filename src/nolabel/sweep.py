@@ -18,10 +18,11 @@ from typing import Sequence
 
 import numpy as np
 
-from . import metrics
+from . import metrics, record
 from .cluster import KMeans, PCA
 from .errors import NolabelError
 from .io import atomic_path, write_json
+from .pipeline import source_names
 from .store import FeatureStore
 
 COLUMNS = ["pca", "k", "seed", "source", "protocol", "acc", "nmi", "ari", "ami", "inertia"]
@@ -40,9 +41,15 @@ def sweep(
     l2_normalize: bool = False,
     spherical: bool = False,
     mapping: str = "hungarian",
+    force: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Run every (PCA dim, k, seed) and write out/sweep.csv and the four plots; return the csv path."""
+    """Run every (PCA dim, k, seed) and write out/sweep.csv and the four plots; return the csv path.
+
+    A row is keyed by (PCA dim, k, seed) within the folder's record, which holds everything else that
+    changes a row: the feature stores (by fingerprint) and the settings below. A rerun with the same
+    record computes only missing rows (a larger grid adds rows); other features or settings are
+    refused unless `force`, which starts the sweep over."""
     out = Path(out)
     pca_dims, ks = sorted(set(pca_dims)), sorted(set(ks))
     if not pca_dims or not ks or seeds < 1:
@@ -53,16 +60,18 @@ def sweep(
         raise NolabelError(f"k = {ks[-1]} exceeds the {train.n} train rows")
     if not train.has_labels:
         raise NolabelError(f"{train.path}: a sweep scores clusters against labels, and this store has none")
-    out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "sweep.csv"
+    names = source_names([train, *evals])
+    inputs = {"features": {name: store.fingerprint for name, store in zip(names, [train, *evals])},
+              "max_iter": max_iter, "whiten": whiten, "l2_normalize": l2_normalize, "spherical": spherical,
+              "mapping": mapping}
+    if record.begin(out, "sweep", inputs, force=force, what="a sweep") is record.START:
+        csv_path.unlink(missing_ok=True)  # rows of other features or settings
     done = _done_rows(csv_path)
 
     pca = PCA(n_components=pca_dims[-1], whiten=whiten).fit(train.features)
-    projected = {"train": pca.transform(train.features)}
-    stores = {"train": train}
-    for store in evals:
-        projected[store.path.name] = pca.transform(store.features)
-        stores[store.path.name] = store
+    projected = {name: pca.transform(store.features) for name, store in zip(names, [train, *evals])}
+    stores = dict(zip(names, [train, *evals]))
     train_labels = train.labels
 
     for dim in pca_dims:
@@ -96,7 +105,9 @@ def sweep(
                                     "pca": pca_dims, "k": ks, "seeds": seeds, "max_iter": max_iter,
                                     "whiten": whiten, "l2_normalize": l2_normalize, "spherical": spherical,
                                     "mapping": mapping})
+    record.finish(out, "sweep", inputs)
     return csv_path
+
 
 
 def _slice(x: np.ndarray, dim: int, l2_normalize: bool) -> np.ndarray:

@@ -3,7 +3,7 @@
 - `cosine_lr`: the learning rate of a cosine schedule with linear warm-up, per step;
 - `TrainingState`: save/resume of everything a loop needs to continue exactly (model and head
   weights, optimizer, epoch, history, random generator), written atomically once per epoch;
-- `progress`: a tqdm bar (rate, ETA) on the main process only;
+- `progress`: an iterable's progress display (`nolabel.progress`) on the main process only;
 - `images_in_memory`: a dataset as one uint8 array, so batches are augmented as tensors;
 - `network_input`: float images in [0, 1] -> a backbone's normalised input;
 - `encode`: a network over an in-memory uint8 array in batches, in eval mode;
@@ -12,6 +12,8 @@
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import distributed
+from . import distributed, record
 from .errors import NolabelError
 from .io import atomic_path
 
@@ -50,14 +52,20 @@ def seeded_generator(seed: int) -> torch.Generator:
 class TrainingState:
     """Resumable training state in one file, `torch.save`d atomically, read with `weights_only=True`.
 
+    `inputs` are what the training's result depends on (data fingerprints, hyper-parameters, the
+    initial weights; see `training_inputs`): the state records their fingerprint, and a state saved
+    for other inputs is never resumed - `load` raises, naming what differs.
+
     `save(epoch, modules, optimizer, generator, history, **extra)` stores the state dicts of the
     named modules, the optimizer, the generator state, the number of finished epochs and a JSON-able
     history; `load()` returns that dict, or None when the file does not exist (a fresh start).
     `restore(state, modules, optimizer, generator)` puts it back.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, inputs: dict[str, Any]):
         self.path = Path(path)
+        self.inputs = record.canonical(inputs)
+        self.fingerprint = record.fingerprint(inputs)
 
     def save(self, epoch: int, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None,
              generator: torch.Generator | None, history: list[dict[str, Any]], **extra: Any) -> None:
@@ -69,6 +77,8 @@ class TrainingState:
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "generator": generator.get_state() if generator is not None else None,
             "history": history,
+            "inputs": self.inputs,
+            "fingerprint": self.fingerprint,
             **extra,
         }
         with atomic_path(self.path) as tmp:
@@ -78,10 +88,15 @@ class TrainingState:
         if not self.path.exists():
             return None
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=True)
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as e:  # a truncated or foreign file: say which and how to start over
             raise NolabelError(f"{self.path}: cannot resume from this training state ({e}); "
                                "delete it to start over") from None
+        if state.get("fingerprint") != self.fingerprint:
+            changed = ", ".join(record.differences(state.get("inputs", {}), self.inputs)) or "its format"
+            raise NolabelError(f"{self.path}: holds a training begun with other settings ({changed} differ), "
+                               "which is not resumed; pass --force to start over, or choose another folder")
+        return state
 
     def resume(self, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None,
                generator: torch.Generator | None) -> tuple[int, list[dict[str, Any]]]:
@@ -106,6 +121,41 @@ class TrainingState:
             generator.set_state(state["generator"])
 
 
+def training_inputs(config: Any, *data: np.ndarray | None, modules: dict[str, nn.Module] | None = None,
+                    **more: Any) -> dict[str, Any]:
+    """A training's inputs for its `TrainingState`: the config's fields but `device` (where it runs,
+    not what it computes), the fingerprint of the data arrays it trains on, and that of the
+    initial weights of `modules` (computed before anything is restored). Labels that only feed a
+    monitor are not inputs: they never change what is trained."""
+    return {"config": record.without(dataclasses.asdict(config), "device"),
+            "data": record.array_fingerprint(*data),
+            "initial_weights": {name: module_fingerprint(m) for name, m in (modules or {}).items()},
+            **more}
+
+
+def begin_training(out_dir: Path, stage: str, inputs: dict[str, Any], force: bool, files: tuple[str, ...],
+                   what: str) -> record.Status:
+    """Claim `out_dir` for a training with these `inputs` (`record.begin`); when it starts over,
+    remove `files` (state, checkpoint, history) left by a training of other inputs."""
+    status = record.begin(out_dir, stage, inputs, force=force, what=what)
+    if status is record.START:
+        if distributed.is_main():
+            for name in files:
+                (out_dir / name).unlink(missing_ok=True)
+        distributed.barrier()
+    return status
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """sha256 of a module's parameters and buffers (names, dtypes, shapes and values)."""
+    h = hashlib.sha256()
+    for name, value in _unwrap(module).state_dict().items():
+        tensor = value.detach().cpu().contiguous().reshape(-1)  # 1-d: a 0-d tensor has no byte view
+        h.update(f"{name}:{tensor.dtype}:{tuple(value.shape)}".encode())
+        h.update(tensor.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
@@ -118,12 +168,11 @@ def wrap_distributed(module: nn.Module) -> nn.Module:
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool = True):
-    """tqdm bar with rate and ETA on the main process; the bare iterable elsewhere."""
-    if not enabled or not distributed.is_main():
-        return iterable
-    from tqdm.auto import tqdm
+    """`iterable` with a progress display (rate, ETA; a bar on a terminal, plain lines in a log) on
+    the main process; silent elsewhere or when not `enabled` (see `nolabel.progress`)."""
+    from .progress import progress_bar
 
-    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False)
+    return progress_bar(iterable, total=total, desc=desc, enabled=enabled, leave=False)
 
 
 def images_in_memory(dataset: Any, size: int | None = None) -> np.ndarray:

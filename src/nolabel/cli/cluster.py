@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mapping", choices=["hungarian", "majority"], default="hungarian")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--force", action="store_true", help="overwrite a finished output folder")
+    p.add_argument("--force", action="store_true",
+                   help="replace a clustering made from other features or settings (the same ones: kept)")
     p.add_argument("--json", action="store_true", help="print metrics.json instead of a table")
 
 

@@ -36,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-k", type=int, metavar="K",
                    help="clusters of the final evaluation (default: the number of classes; 0: skip it)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a training in DIR made from other images or settings (the same ones resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     labels = np.asarray(dataset.labels)
     has_labels = bool((labels >= 0).any())
     result = train_deepcluster(images, args.out, config, labels=labels if has_labels else None,
-                               show_progress=not args.quiet)
+                               show_progress=not args.quiet, force=args.force)
     eval_k = len(dataset.classes) if args.eval_k is None and has_labels else args.eval_k
     if has_labels and eval_k:
         _, metrics = evaluate_backbone(result.backbone, images, labels, eval_k, pca_dim=config.pca_dim,

@@ -21,7 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="compute precision; bf16 autocast roughly doubles CPU throughput")
     p.add_argument("--workers", type=int, metavar="N", help="decoding processes (default: cores - 1)")
     p.add_argument("--on-bad-image", choices=["skip", "fail"], default="skip")
-    p.add_argument("--force", action="store_true", help="overwrite a complete output folder")
+    p.add_argument("--force", action="store_true",
+                   help="replace a feature folder made with other settings (one with the same settings is "
+                        "kept as it is: rerunning a finished extraction succeeds at once)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow a checkpoint that needs full unpickling (runs code from the file)")
     p.add_argument("--download", action="store_true",
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     )
     store = extract(args.data, args.model, args.out, weights=args.weights,
                     allow_pickle=args.trust_checkpoint, download=args.download, options=options, force=args.force,
-                    progress=not args.quiet)
+                    progress=not args.quiet, log=print)
     from .. import distributed
 
     if distributed.is_main():

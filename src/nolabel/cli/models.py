@@ -2,7 +2,8 @@
 
 Architectures build with random weights unless they have default weights; a weight is named
 `architecture.tag` (timm's convention) and loads from the cache, from --weights PATH, or - with
---download - from its URL. `nolabel models NAME` shows one entry in full.
+--download - from its URL. `nolabel models NAME` shows one entry in full, including how its file is
+verified: against a published SHA-256, or against the SHA-256 pinned at its first download.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
             fields.update({"normalisation": f"mean {p.mean}, std {p.std}",
                            "eval transform": f"{p.interpolation} resize to {round(p.input_size / p.crop_fraction)}, "
                                              f"centre crop {p.input_size}",
-                           "cache file": record.cached_path() if record.package is None else "-"})
+                           "cache file": record.cached_path() if record.package is None else "-",
+                           "sha256": _hash_detail(record)})
             if record.note:
                 fields["note"] = record.note
         for key, value in fields.items():
@@ -51,9 +53,37 @@ def run(args: argparse.Namespace) -> int:
         default = " [default weights: here]" if i.weights_available else ""
         print(f"  {i.name:<{width}}  D={i.feature_dim:<5} {i.input_size:>3}px  {i.description}{default}")
     print("  timm:NAME" + " " * max(width - 9, 0) + "  any timm model, classifier removed, no download")
+    records = {r.name: r for r in PUBLISHED}
     print(f"\nPublished weights (cache: {cache_dir()}):")
     for i in weights:
         here = "here   " if i.weights_available else "absent "
-        print(f"  {i.name:<{width}}  D={i.feature_dim:<5} {i.input_size:>3}px  {here} {i.layout:<8} {i.description}")
+        sha = _HASH_LABELS[records[i.name].hash_status()]
+        print(f"  {i.name:<{width}}  D={i.feature_dim:<5} {i.input_size:>3}px  {here} {sha:<9} {i.layout:<8} "
+              f"{i.description}")
     print("\nLoad one with --weights PATH (any layout, detected from its keys), or --download to fetch it.")
+    print("SHA-256 of each file, checked before every load: published (prefix: only its first digits are "
+          "published);\npinned (none published: pinned at the first download); unknown (none published, "
+          "nothing pinned yet:\nthe first download, or the first load of a file put in the cache by hand, pins it).")
     return 0
+
+
+_HASH_LABELS = {"published": "published", "published prefix": "prefix", "pinned": "pinned", "unknown": "unknown"}
+
+
+def _hash_detail(record) -> str:
+    from ..models.weights import pinned_sha256
+
+    status = record.hash_status()
+    if status == "published":
+        text = f"published: {record.sha256}"
+    elif status == "published prefix":
+        text = f"published prefix ({len(record.sha256)} hex digits): {record.sha256}"
+    elif status == "pinned":
+        text = f"pinned at first download: {pinned_sha256(record)} ({record.pin_path()})"
+    else:
+        text = (f"unknown: none published; the first download (or first load of a file put in the cache by "
+                f"hand) pins it in {record.pin_path()}")
+    if record.md5 and status in ("pinned", "unknown"):
+        kind = "MD5 prefix" if len(record.md5) < 32 else "MD5"
+        text += f"; the publisher's {kind} {record.md5} is checked before pinning"
+    return text

@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where training runs (auto: a GPU when one is visible)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="start over instead of resuming DIR")
+    p.add_argument("--force", action="store_true",
+                   help="replace a training in DIR made from other images or settings (the same ones resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

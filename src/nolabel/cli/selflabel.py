@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where training runs (auto: a GPU when one is visible)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="overwrite a finished result and start over")
+    p.add_argument("--force", action="store_true", help="replace a self-labeling result in --out made from other inputs or settings (the same ones: kept or resumed)")
     p.add_argument("--quiet", action="store_true")
 
 

@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spherical", action="store_true")
     p.add_argument("--mapping", choices=["hungarian", "majority"], default="hungarian")
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--force", action="store_true",
+                   help="start over in a folder that holds a sweep of other features or settings")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +41,6 @@ def run(args: argparse.Namespace) -> int:
     train = FeatureStore.open(args.features)
     evals = [FeatureStore.open(d) for d in args.eval_features]
     path = sweep(train, evals, args.out, pca_dims=args.pca, ks=args.k, seeds=args.seeds, max_iter=args.max_iter,
-                 whiten=args.whiten, l2_normalize=args.l2, spherical=args.spherical, mapping=args.mapping)
+                 whiten=args.whiten, l2_normalize=args.l2, spherical=args.spherical, mapping=args.mapping, force=args.force)
     print(f"wrote {path} and plots in {path.parent}")
     return 0

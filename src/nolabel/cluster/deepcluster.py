@@ -56,13 +56,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import distributed
+from .. import distributed, record
 from ..augment import SimCLRAugment, to_float_images
 from ..errors import NolabelError
 from ..io import save_npy, write_json
 from ..metrics import evaluate, nmi
-from ..training import (TrainingState, cosine_lr, encode, network_input, progress, seeded_generator, set_lr,
-                        wrap_distributed)
+from ..training import (TrainingState, begin_training, cosine_lr, encode, network_input, progress, seeded_generator,
+                        set_lr, training_inputs, wrap_distributed)
 from .kmeans import KMeans
 from .pca import PCA
 
@@ -255,13 +255,14 @@ def _encode_sharded(network, images: np.ndarray, prepare, bf16: bool, show_progr
 
 def train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClusterConfig | None = None,
                       labels: np.ndarray | None = None, show_progress: bool = True,
-                      max_seconds: float | None = None) -> DeepClusterResult:
+                      max_seconds: float | None = None, force: bool = False) -> DeepClusterResult:
     """Train `config.model` from scratch with DeepCluster v1 or v2 on uint8 images (N, H, W[, 3]).
 
-    Resumes from `out_dir/state.pt` when it exists (a finished run returns at once). `labels` (N,),
-    -1 where unknown, only feed the per-epoch metrics, never the training. `max_seconds`: do not
-    start an epoch that would end (judging by the last epoch's duration) more than `max_seconds`
-    after this call began; a later call resumes from there.
+    `out_dir`'s record holds the images' fingerprint and the configuration: a training begun with
+    the same ones resumes from `out_dir/state.pt` (a finished one returns at once); one made from
+    others is replaced only with `force`. `labels` (N,), -1 where unknown, only feed the per-epoch
+    metrics, never the training. `max_seconds`: do not start an epoch that would end (judging by the
+    last epoch's duration) more than `max_seconds` after this call began; a later call resumes.
     """
     from ..models import create, save_checkpoint
     from ..pretrain.simclr import ProjectionHead
@@ -291,16 +292,14 @@ def train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClust
     params = [p for m in modules.values() for p in m.parameters()]
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
-    state_file = TrainingState(out_dir / "state.pt")
+    inputs = training_inputs(config, images)
+    begin_training(out_dir, "deepcluster", inputs, force, ("state.pt", "backbone.pt", "history.json", "assignments.npy"),
+                   "a DeepCluster training")
+    state_file = TrainingState(out_dir / "state.pt", inputs)
     history: list[dict[str, Any]] = []
     start_epoch, assignments, previous, bank, top_layer = 0, None, None, None, None
     state = state_file.load()
     if state is not None:
-        saved = state.get("config", {})
-        if (saved.get("model"), saved.get("version")) != (config.model, config.version):
-            raise NolabelError(f"{state_file.path} holds a DeepCluster {saved.get('version')} run of "
-                               f"{saved.get('model')!r}, not {config.version} of {config.model!r}; "
-                               "use another --out or delete it")
         TrainingState.restore(state, modules, optimizer, generator)
         start_epoch, history = state["epoch"], list(state["history"])
         assignments = state["assignments"].numpy()
@@ -321,7 +320,7 @@ def train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClust
         if max_seconds is not None and history and \
                 epoch_start - started + history[-1]["seconds"] > max_seconds:
             break
-        record: dict[str, Any] = {"epoch": epoch + 1}
+        epoch_log: dict[str, Any] = {"epoch": epoch + 1}
         # 1. Cluster the current representation.
         if v2:
             prototypes, assignments = cluster_memory_bank(bank.numpy(), config.k, config.heads, config.kmeans_iter,
@@ -330,24 +329,24 @@ def train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClust
             targets = torch.from_numpy(assignments)
             current = assignments[0]
             order = torch.randperm(n, generator=generator)[:epoch_size]
-            record["empty_clusters"] = int(sum(config.k - len(np.unique(a)) for a in assignments))
+            epoch_log["empty_clusters"] = int(sum(config.k - len(np.unique(a)) for a in assignments))
         else:
             features = _encode_sharded(backbone, images, prepare, config.bf16, show_progress)
-            record["pca_dim"] = pca_dimensions(config.pca_dim, n, features.shape[1])
+            epoch_log["pca_dim"] = pca_dimensions(config.pca_dim, n, features.shape[1])
             assignments = cluster_features(features, config.k, config.pca_dim, config.kmeans_iter,
                                            seed=config.seed * 1000 + epoch)
             current = assignments
             targets = torch.from_numpy(assignments)
-            record["empty_clusters"] = int(config.k - len(np.unique(assignments)))
+            epoch_log["empty_clusters"] = int(config.k - len(np.unique(assignments)))
             order = torch.from_numpy(uniform_cluster_sample(assignments, epoch_size, generator))
             top_layer = _fresh_top_layer(backbone.feature_dim, config.k, generator)
             top_optimizer = torch.optim.SGD(top_layer.parameters(), lr=config.lr, momentum=config.momentum,
                                             weight_decay=config.weight_decay)
-        record["cluster_seconds"] = time.perf_counter() - epoch_start
-        record["nmi_vs_previous_epoch"] = None if previous is None else nmi(current, previous)
+        epoch_log["cluster_seconds"] = time.perf_counter() - epoch_start
+        epoch_log["nmi_vs_previous_epoch"] = None if previous is None else nmi(current, previous)
         if known is not None and len(known):
             scores = evaluate(current[known], np.asarray(labels)[known])
-            record["vs_labels"] = {key: scores[key] for key in ("acc", "acc_majority", "nmi", "ami", "ari")}
+            epoch_log["vs_labels"] = {key: scores[key] for key in ("acc", "acc_majority", "nmi", "ami", "ari")}
         previous = current
 
         # 2. One epoch of training on the assignments.
@@ -389,8 +388,8 @@ def train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClust
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.4f}")
         if v2:
             bank = _refresh_bank(bank, fresh_rows, fresh_embeddings)
-        record.update(loss=float(np.mean(losses)), lr=lr, seconds=time.perf_counter() - epoch_start)
-        history.append(record)
+        epoch_log.update(loss=float(np.mean(losses)), lr=lr, seconds=time.perf_counter() - epoch_start)
+        history.append(epoch_log)
 
         # 3. Checkpoint.
         heads = ({"projection": modules["head"], "prototypes": _Prototypes(prototypes)} if v2
@@ -399,7 +398,7 @@ def train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClust
         if v2:
             extra["bank"] = bank
         if distributed.is_main():
-            print(f"deepcluster-{config.version}: {_format_record(record)}", flush=True)
+            print(f"deepcluster-{config.version}: {_format_epoch(epoch_log)}", flush=True)
             save_checkpoint(backbone, checkpoint, heads=heads,
                             meta={"method": f"deepcluster-{config.version}", "epoch": epoch + 1,
                                   "config": _json_config(config)})
@@ -411,6 +410,8 @@ def train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClust
         save_checkpoint(backbone, checkpoint, meta={"method": f"deepcluster-{config.version}",
                                                     "epoch": config.epochs, "config": _json_config(config)})
     backbone.eval()
+    if len(history) == config.epochs:
+        record.finish(out_dir, "deepcluster", inputs)
     return DeepClusterResult(backbone, checkpoint, np.asarray(assignments), history, time.perf_counter() - started)
 
 
@@ -456,9 +457,9 @@ def _json_config(config: DeepClusterConfig) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
 
 
-def _format_record(record: dict[str, Any]) -> str:
+def _format_epoch(epoch_log: dict[str, Any]) -> str:
     parts = []
-    for key, value in record.items():
+    for key, value in epoch_log.items():
         if isinstance(value, dict):
             parts.append(f"{key} " + "/".join(f"{k} {v:.3f}" for k, v in value.items()))
         elif isinstance(value, float):

@@ -32,11 +32,11 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..errors import NolabelError
 from ..io import read_rows
+from ..progress import progress_bar
 from ._faiss import gpu_count, import_faiss
 from .pca import _check_2d, _is_int, cross_products
 
@@ -235,8 +235,7 @@ class _Lloyd:
 
     def run(self, centroids: np.ndarray, max_iter: int) -> _Run:
         work = self.data.n * self.k * self.data.X.shape[1]
-        bar = tqdm(total=max_iter, desc="k-means", unit="iter",
-                   disable=not distributed.is_main() or not (self.verbose or work > 1e11))
+        bar = progress_bar(total=max_iter, desc="k-means", unit="iter", enabled=self.verbose or work > 1e11)
         n_iter = max_iter
         for iteration in range(max_iter):
             changed, searched = self._assign(centroids)

@@ -50,9 +50,9 @@ def mine_neighbors(features: np.ndarray, k: int = 20, *, query_chunk: int = 65_5
 
     db_starts = range(0, n, db_chunk)
     if show_progress:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
-        db_starts = tqdm(db_starts, desc="neighbours (database chunks)", leave=False)
+        db_starts = progress_bar(db_starts, desc="neighbours (database chunks)", unit="chunk", leave=False)
     for db_start in db_starts:
         db_stop = min(n, db_start + db_chunk)
         index = faiss.IndexFlatIP(d)

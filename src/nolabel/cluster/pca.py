@@ -19,10 +19,10 @@ import os
 from typing import Iterator
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..errors import NolabelError
 from ..io import atomic_path, read_rows
+from ..progress import progress_bar
 
 DEFAULT_CHUNK_SIZE = 8192
 # Whitening divides by sqrt(explained_variance_ + WHITEN_EPS * explained_variance_[0]): the relative
@@ -169,7 +169,7 @@ class PCA:
         """Yield (first row, float64 copy of the chunk), refusing NaN/Inf as they stream by."""
         n = X.shape[0]
         starts = range(0, n, self.chunk_size)
-        for start in tqdm(starts, desc=what, unit="chunk", disable=len(starts) <= PROGRESS_MIN_CHUNKS):
+        for start in progress_bar(starts, desc=what, unit="chunk", enabled=len(starts) > PROGRESS_MIN_CHUNKS):
             chunk = read_rows(X, start, start + self.chunk_size, np.float64)  # a copy: shifted in place
             if not np.isfinite(chunk).all():
                 bad = start + int(np.flatnonzero(~np.isfinite(chunk).all(axis=1))[0])

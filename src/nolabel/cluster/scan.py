@@ -33,9 +33,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import distributed
+from .. import distributed, record
 from ..errors import NolabelError
-from ..training import TrainingState, cosine_lr, progress, seeded_generator, set_lr, wrap_distributed
+from ..training import (TrainingState, cosine_lr, progress, seeded_generator, set_lr, training_inputs,
+                        wrap_distributed)
 
 _EPS = 1e-8
 
@@ -50,42 +51,168 @@ def entropy(probabilities: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ScanLoss:
+    """The SCAN loss of a batch. `total`, `consistency` and `entropy` are the whole batch's values;
+    `objective` is what to backpropagate: `total` itself in one process, this process's share of
+    it under torchrun (see `scan_loss`)."""
+
     total: torch.Tensor
     consistency: torch.Tensor
     entropy: torch.Tensor
+    objective: torch.Tensor
 
 
-def scan_loss(anchor_logits: torch.Tensor, neighbor_logits: torch.Tensor, entropy_weight: float = 5.0) -> ScanLoss:
+def scan_loss(anchor_logits: torch.Tensor, neighbor_logits: torch.Tensor, entropy_weight: float = 5.0,
+              batch_size: int | None = None) -> ScanLoss:
     """SCAN loss of a batch: anchor and neighbour logits (B, K) -> total, consistency, entropy.
 
     consistency = -mean_b log <softmax(a_b), softmax(n_b)>; entropy = H(mean_b softmax(a_b));
     total = consistency - entropy_weight * entropy. Gradients flow through both anchor and
     neighbour (SCAN updates both branches).
+
+    Under torchrun each process passes its own rows of a batch of `batch_size` anchors. The mean
+    prediction is then summed over all processes (with its gradient), so the entropy is that of the
+    whole batch, as one process would compute it; `objective` is world_size x this process's share of
+    the consistency sum / batch_size - entropy_weight x entropy, whose gradient averaged by
+    DistributedDataParallel equals that of the whole batch's `total`.
     """
     if anchor_logits.shape != neighbor_logits.shape or anchor_logits.ndim != 2:
         raise ValueError(f"expected two (B, K) logits of equal shape, got {tuple(anchor_logits.shape)} "
                          f"and {tuple(neighbor_logits.shape)}")
+    n = batch_size or len(anchor_logits)
+    world = distributed.world_size()
     p_anchor = F.softmax(anchor_logits.float(), dim=1)
     p_neighbor = F.softmax(neighbor_logits.float(), dim=1)
     agreement = (p_anchor * p_neighbor).sum(1)
-    consistency = -agreement.clamp_min(_EPS).log().mean()
-    spread = entropy(p_anchor.mean(0))
-    return ScanLoss(consistency - entropy_weight * spread, consistency, spread)
+    local_sum = -agreement.clamp_min(_EPS).log().sum()
+    spread = entropy(distributed.all_reduce_sum_with_grad(p_anchor.sum(0)) / n)
+    if world == 1:
+        consistency = local_sum / n
+        total = consistency - entropy_weight * spread
+        return ScanLoss(total, consistency, spread, total)
+    consistency = distributed.all_reduce_sum(local_sum.detach().clone()) / n
+    return ScanLoss(consistency - entropy_weight * spread.detach(), consistency, spread.detach(),
+                    local_sum * (world / n) - entropy_weight * spread)
+
+
+# Working memory of one chunk of `scan_loss_of_probabilities`: mostly the gathered neighbour rows
+# (chunk x M x K in the probabilities' dtype). The work is bound by copying each neighbour's row
+# (4 KB per (anchor, neighbour) pair at K = 1000 in float32); a chunk that stays in the CPU's L2
+# cache ran 20-25% faster here than 32-128 MB ones (10 anchors at M = 50, K = 1000).
+LOSS_CHUNK_BYTES = 2 << 20
+# A memory-mapped probabilities file larger than this is scored in row blocks of at most this size
+# (two in memory at a time) instead of being paged in whole: one head at ImageNet scale,
+# 1.28M x 1000 float32, is 5.1 GB.
+LOSS_BLOCK_BYTES = 1 << 30
 
 
 def scan_loss_of_probabilities(probabilities: np.ndarray | torch.Tensor, neighbors: np.ndarray,
-                               entropy_weight: float = 5.0) -> dict[str, float]:
+                               entropy_weight: float = 5.0, *, chunk_rows: int | None = None,
+                               memory_bytes: int | None = None, block_bytes: int | None = None
+                               ) -> dict[str, float]:
     """Deterministic SCAN loss of a whole dataset's predictions, used to choose a head without labels.
 
-    probabilities: (N, K); neighbors: (N, M). Consistency averages -log <p(x), p(n)> over every
-    anchor and every one of its M neighbours; entropy is that of the mean prediction.
+    probabilities: (N, K), float32 or float64 (numpy, a memmap, or a tensor); neighbors: (N, M)
+    integer. consistency = mean over every anchor x and every one of its M neighbours n of
+    -log max(<p(x), p(n)>, 1e-8); entropy = H(mean_x p(x)); total = consistency - entropy_weight *
+    entropy. Returns {"total", "consistency", "entropy"}.
+
+    Computed in chunks of `chunk_rows` anchors (default: as many as fit `memory_bytes` of working
+    memory, default LOSS_CHUNK_BYTES), never as an (N, M, K) tensor. The probabilities stay in their own dtype; every sum is
+    taken in float64 (a product of two float32 is exact in float64), so the result equals the float64
+    formula up to float64 rounding. A memmap larger than `block_bytes` (default LOSS_BLOCK_BYTES) is
+    read in row blocks of that size, two at a time, and the pages read are released: memory stays
+    about 2 x block_bytes + memory_bytes whatever N.
     """
-    p = torch.as_tensor(np.asarray(probabilities), dtype=torch.float64)
-    nb = torch.as_tensor(np.asarray(neighbors), dtype=torch.long)
-    agreement = (p[:, None, :] * p[nb]).sum(-1)
-    consistency = float(-agreement.clamp_min(_EPS).log().mean())
-    spread = float(entropy(p.mean(0)))
+    from ..io import release_pages
+
+    memory_bytes = LOSS_CHUNK_BYTES if memory_bytes is None else memory_bytes
+    block_bytes = LOSS_BLOCK_BYTES if block_bytes is None else block_bytes
+
+    if isinstance(probabilities, torch.Tensor):
+        probabilities = probabilities.detach().cpu()
+        if probabilities.dtype not in (torch.float32, torch.float64):
+            probabilities = probabilities.float()  # float16 / bfloat16: exact in float32
+        probabilities = probabilities.numpy()
+    p = probabilities if isinstance(probabilities, np.memmap) else np.asarray(probabilities)
+    nb = neighbors if isinstance(neighbors, np.memmap) else np.asarray(neighbors)
+    if p.ndim != 2 or nb.ndim != 2 or len(nb) != len(p):
+        raise NolabelError(f"expected probabilities (N, K) and neighbours (N, M), got shapes {p.shape} and {nb.shape}")
+    if not np.issubdtype(nb.dtype, np.integer):
+        raise NolabelError(f"neighbours must be integer indices, got {nb.dtype}")
+    n, k = p.shape
+    m = nb.shape[1]
+    if n == 0 or m == 0:
+        raise NolabelError(f"no (anchor, neighbour) pair to score: probabilities {p.shape}, neighbours {nb.shape}")
+    lowest, highest = nb.min(), nb.max()
+    if lowest < 0 or highest >= n:
+        raise NolabelError(f"neighbour indices must lie in 0..{n - 1}, got {lowest}..{highest}")
+    if chunk_rows is None:
+        # per anchor: its M gathered neighbour rows, plus its own row upcast to float64
+        chunk_rows = memory_bytes // max(1, m * k * p.itemsize + k * 8)
+    chunk_rows = max(1, int(chunk_rows))
+    column_sums = np.zeros(k)
+    neg_log_sum = 0.0
+
+    def score(subscripts: str, anchors: np.ndarray, partners: np.ndarray) -> float:
+        """Sum of -log max(<a, b>, eps) over the pairs of rows `subscripts` pairs up; the dot
+        products in float64 (einsum casts the rows as it goes: no float64 copy of a chunk)."""
+        dots = np.einsum(subscripts, anchors, partners, dtype=np.float64)
+        return -float(np.log(np.maximum(dots, _EPS)).sum())
+
+    if isinstance(p, np.memmap) and p.nbytes > block_bytes:
+        column_sums, neg_log_sum = _scan_sums_in_blocks(p, nb, chunk_rows, memory_bytes, block_bytes, score)
+    else:
+        for start in range(0, n, chunk_rows):
+            stop = min(n, start + chunk_rows)
+            anchors = p[start:stop]
+            column_sums += anchors.sum(0, dtype=np.float64)
+            neg_log_sum += score("ck,cmk->cm", anchors, p[np.asarray(nb[start:stop])])
+    release_pages(p)  # a mapped p: what was read stays in the page cache, not in this process
+    release_pages(nb)
+    consistency = neg_log_sum / (n * m)
+    spread = float(entropy(torch.from_numpy(column_sums / n)))
     return {"total": consistency - entropy_weight * spread, "consistency": consistency, "entropy": spread}
+
+
+def _scan_sums_in_blocks(p: np.memmap, nb: np.ndarray, chunk_rows: int, memory_bytes: int, block_bytes: int,
+                         score: Callable[[str, np.ndarray, np.ndarray], float]) -> tuple[np.ndarray, float]:
+    """(column sums of p, sum of -log <p(x), p(n)> over all pairs) for a memory-mapped p, reading it
+    in row blocks: for each block of anchors, each block of neighbours in turn, with the pairs whose
+    neighbour falls in it. Random rows of a mapped file would page it all in (and fault on every
+    row); whole blocks are read in order and their pages released (`nolabel.io.release_pages`)."""
+    from ..io import release_pages
+
+    n, k = p.shape
+    m = nb.shape[1]
+    rows = max(1, min(n, block_bytes // (k * p.itemsize)))
+    buffers = [np.empty((rows, k), dtype=p.dtype), np.empty((rows, k), dtype=p.dtype)]
+    step = max(1, memory_bytes // (k * p.itemsize))
+    pairs = max(1, chunk_rows * m // 2)  # a pair gathers two rows, an anchor of the in-memory path M + 1
+
+    def load(buffer: np.ndarray, start: int) -> np.ndarray:
+        stop = min(n, start + rows)
+        for s in range(start, stop, step):
+            e = min(stop, s + step)
+            buffer[s - start:e - start] = p[s:e]
+            release_pages(p, s, e)
+        return buffer[:stop - start]
+
+    column_sums = np.zeros(k)
+    neg_log_sum = 0.0
+    for a0 in range(0, n, rows):
+        anchors = load(buffers[0], a0)
+        column_sums += anchors.sum(0, dtype=np.float64)
+        block_nb = np.asarray(nb[a0:a0 + len(anchors)]).ravel()
+        blocks = block_nb // rows
+        for b in np.flatnonzero(np.bincount(blocks)):  # only the blocks these anchors' neighbours lie in
+            b0 = int(b) * rows
+            # the pairs of these anchors whose neighbour lies in block b, in anchor order
+            flat = np.flatnonzero(blocks == b)
+            partners = anchors if b0 == a0 else load(buffers[1], b0)
+            for s in range(0, len(flat), pairs):
+                chunk = flat[s:s + pairs]
+                neg_log_sum += score("pk,pk->p", anchors[chunk // m], partners[block_nb[chunk] - b0])
+    return column_sums, neg_log_sum
 
 
 # --------------------------------------------------------------------------- heads
@@ -182,8 +309,10 @@ class ScanResult:
 class FeatureInputs:
     """Frozen features as training inputs: `clean` (N, D) and optional augmented views (V, N, D).
 
-    `batch(idx, augmented, generator)` returns float32 (B, D): a random augmented view per row
-    when asked for augmentation and views exist, else the clean features.
+    `batch(idx, augmented, generator, rows)` returns float32 (len(rows), D): a random augmented view
+    per row when asked for augmentation and views exist, else the clean features. The random views
+    are drawn for all of `idx` - the whole batch, as every process draws it under torchrun - and
+    `rows` (default: all) picks this process's part of it.
     """
 
     def __init__(self, features: np.ndarray, augmented: np.ndarray | None = None):
@@ -195,38 +324,55 @@ class FeatureInputs:
         self.features, self.augmented = features, augmented
         self.n, self.dim = features.shape
 
-    def batch(self, idx: np.ndarray, augmented: bool, generator: torch.Generator) -> torch.Tensor:
+    def fingerprint(self) -> str:
+        return record.array_fingerprint(self.features, self.augmented)
+
+    def batch(self, idx: np.ndarray, augmented: bool, generator: torch.Generator, rows: range | None = None
+              ) -> torch.Tensor:
+        keep = slice(None) if rows is None else slice(rows.start, rows.stop)
         if augmented and self.augmented is not None:
             views = torch.randint(0, len(self.augmented), (len(idx),), generator=generator).numpy()
-            return torch.from_numpy(np.asarray(self.augmented[views, idx], dtype=np.float32))
-        return torch.from_numpy(np.asarray(self.features[idx], dtype=np.float32))
+            return torch.from_numpy(np.asarray(self.augmented[views[keep], idx[keep]], dtype=np.float32))
+        return torch.from_numpy(np.asarray(self.features[idx[keep]], dtype=np.float32))
 
 
 class ImageInputs:
     """In-memory uint8 images as inputs to a network: `prepare` resizes + normalises a float batch,
-    `augment` (float (B, C, H, W) in [0, 1], generator) -> same, applied when asked."""
+    `augment` (float (B, C, H, W) in [0, 1], generator) -> same, applied when asked. Like
+    `FeatureInputs.batch`, augmentation is drawn for the whole batch `idx` and `rows` of it are kept
+    (under torchrun every process augments the whole batch: its random draws are then those of one
+    process)."""
 
     def __init__(self, images: np.ndarray, prepare: Callable, augment: Callable):
         self.images, self.prepare, self.augment = images, prepare, augment
         self.n = len(images)
 
-    def batch(self, idx: np.ndarray, augmented: bool, generator: torch.Generator) -> torch.Tensor:
+    def fingerprint(self) -> str:
+        return record.fingerprint({"images": record.array_fingerprint(self.images), "augment": repr(self.augment)})
+
+    def batch(self, idx: np.ndarray, augmented: bool, generator: torch.Generator, rows: range | None = None
+              ) -> torch.Tensor:
         from ..augment import to_float_images
 
-        x = to_float_images(self.images[idx])
-        return self.prepare(self.augment(x, generator) if augmented else x)
+        keep = slice(None) if rows is None else slice(rows.start, rows.stop)
+        if not augmented:
+            return self.prepare(to_float_images(self.images[idx[keep]]))
+        return self.prepare(self.augment(to_float_images(self.images[idx]), generator)[keep])
 
 
 # --------------------------------------------------------------------------- training
 
-def _predict(model: nn.Module, inputs, n: int, batch_size: int, bf16: bool, head_index: int | None = None
-             ) -> list[np.ndarray]:
+def _predict(model: nn.Module, inputs, n: int, batch_size: int, bf16: bool, head_index: int | None = None,
+             sink: Callable[[int, list[np.ndarray]], None] | None = None) -> list[np.ndarray]:
     """Softmax probabilities of every head (or one) over all N clean inputs, eval mode, on the
-    model's device."""
+    model's device: one float32 (N, K) array per head, each filled in place (no second copy).
+
+    sink: instead of keeping them, hand each batch's per-head float32 (B, K) probabilities, in row
+    order, to sink(first row, arrays); then nothing is returned (an empty list)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    outs: list[list[torch.Tensor]] = []
+    outs: list[np.ndarray] = []
     try:
         with torch.no_grad():
             for start in range(0, n, batch_size):
@@ -235,10 +381,83 @@ def _predict(model: nn.Module, inputs, n: int, batch_size: int, bf16: bool, head
                     logits = model(inputs.batch(idx, False, None).to(device, non_blocking=True))
                 if head_index is not None:
                     logits = [logits[head_index]]
-                outs.append([F.softmax(l.float(), 1).cpu() for l in logits])
+                probs = [F.softmax(l.float(), 1).cpu().numpy() for l in logits]
+                if sink is not None:
+                    sink(start, probs)
+                    continue
+                if not outs:
+                    outs = [np.empty((n, q.shape[1]), dtype=np.float32) for q in probs]
+                for out, q in zip(outs, probs):
+                    out[start:start + len(q)] = q
     finally:
         model.train(was_training)
-    return [torch.cat([o[h] for o in outs]).numpy() for h in range(len(outs[0]))]
+    return outs
+
+
+# Head selection keeps all heads' (N, K) probabilities in memory while together they take at most
+# this much. Beyond it (ImageNet: 10 heads x 1.28M x 1000 float32 = 51 GB) the heads are predicted
+# one at a time into a scratch .npy file and scored from it in blocks (`scan_loss_of_probabilities`).
+HEAD_SELECTION_IN_MEMORY_BYTES = 2 << 30
+
+
+def _choose_head(model: nn.Module, heads: ClusterHeads, inputs, n: int, neighbors: np.ndarray,
+                 config: ScanConfig, out_dir: Path | None) -> tuple[list[dict[str, float]], int, np.ndarray]:
+    """(every head's whole-dataset SCAN loss, the chosen head, its float32 (N, K) probabilities).
+
+    Small enough (`HEAD_SELECTION_IN_MEMORY_BYTES`): one pass predicts every head in memory. Larger:
+    one head at a time, written batch by batch to a scratch .npy in `out_dir` (the system's temporary
+    folder without one), scored from disk, and deleted unless it is the best so far - at most two
+    such files at once, and memory stays within a few GB whatever N. The chosen head's probabilities
+    then come back as a read-only memmap of its file, which is unlinked at once where the system
+    allows (POSIX): the mapping keeps the data, and the disk space, until the array is dropped.
+    Predicting one head at a time costs one pass over the inputs per head; with heads on frozen
+    features (ImageNet's setting) only that head runs, so the heads' compute is that of one pass.
+    """
+    import os
+    import tempfile
+
+    batch_size = max(config.batch_size, 512)
+    n_heads, k = len(heads.heads), heads.n_clusters
+    if n_heads * n * k * 4 <= HEAD_SELECTION_IN_MEMORY_BYTES:
+        all_probs = _predict(model, inputs, n, batch_size, config.bf16)
+        head_losses = [scan_loss_of_probabilities(p, neighbors, config.entropy_weight) for p in all_probs]
+        best = select_head(head_losses)
+        return head_losses, best, all_probs[best]
+
+    scratch = out_dir if out_dir is not None else Path(tempfile.gettempdir())
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, k)}
+    head_losses: list[dict[str, float]] = []
+    kept: Path | None = None
+    path: Path | None = None
+    try:
+        for h in range(n_heads):
+            handle, name = tempfile.mkstemp(prefix=f".scan-head{h}-", suffix=".npy", dir=scratch)
+            path = Path(name)
+            with os.fdopen(handle, "wb") as f:
+                np.lib.format.write_array_header_1_0(f, header)
+                # frozen features: run this head alone; a backbone with heads runs whole
+                single = model is heads
+                runner = ListHead(heads.single(h)).train(heads.training) if single else model
+                _predict(runner, inputs, n, batch_size, config.bf16, None if single else h,
+                         sink=lambda start, probs: probs[0].tofile(f))
+            head_losses.append(scan_loss_of_probabilities(np.load(path, mmap_mode="r"), neighbors,
+                                                          config.entropy_weight))
+            if select_head(head_losses) == h:
+                path, kept = kept, path
+            if path is not None:
+                path.unlink()
+            path = None
+        probabilities = np.load(kept, mmap_mode="r")
+    except BaseException:
+        for leftover in (path, kept):
+            if leftover is not None:
+                leftover.unlink(missing_ok=True)
+        raise
+    try:
+        kept.unlink()
+    except OSError:  # Windows cannot delete a mapped file; it stays in the scratch folder
+        pass
+    return head_losses, select_head(head_losses), probabilities
 
 
 def _train(model: nn.Module, heads: ClusterHeads, inputs, neighbors: np.ndarray, config: ScanConfig,
@@ -260,7 +479,10 @@ def _train(model: nn.Module, heads: ClusterHeads, inputs, neighbors: np.ndarray,
     model.to(device)
     optimizer = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
     modules = {"heads": heads, **extra_modules}
-    state_file = TrainingState(out_dir / "scan_state.pt") if out_dir is not None else None
+    state_file = None
+    if out_dir is not None:
+        state_file = TrainingState(out_dir / "scan_state.pt", training_inputs(
+            config, stored, modules=modules, inputs=inputs.fingerprint()))
     start_epoch, history = state_file.resume(modules, optimizer, generator) if state_file else (0, [])
     ddp_model = wrap_distributed(model)
     steps = n // config.batch_size
@@ -272,21 +494,23 @@ def _train(model: nn.Module, heads: ClusterHeads, inputs, neighbors: np.ndarray,
         bar = progress(range(steps), total=steps, desc=f"scan {epoch + 1}/{config.epochs}", enabled=show_progress)
         for step in bar:
             set_lr(optimizer, cosine_lr(config.lr, epoch * steps + step, steps * config.epochs, final_fraction=0.1))
-            anchors = order[step * config.batch_size:(step + 1) * config.batch_size][local.start:local.stop]
+            # Every process draws the whole batch's randomness and keeps its own rows (`local`), so
+            # N processes train on exactly the batches one process would.
+            anchors = order[step * config.batch_size:(step + 1) * config.batch_size]
             pick = torch.randint(0, candidates.shape[1], (len(anchors),), generator=generator).numpy()
             partners = candidates[anchors, pick]
-            x = torch.cat([inputs.batch(anchors, True, generator), inputs.batch(partners, True, generator)])
+            x = torch.cat([inputs.batch(anchors, True, generator, local), inputs.batch(partners, True, generator, local)])
             x = x.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 outputs = ddp_model(x)
-            total = 0.0
+            objective = 0.0
             for h, logits in enumerate(outputs):
                 a, b = logits.float().chunk(2)
-                loss = scan_loss(a, b, config.entropy_weight)
-                total = total + loss.total
+                loss = scan_loss(a, b, config.entropy_weight, batch_size=len(anchors))
+                objective = objective + loss.objective
                 sums[h] += [loss.total.item(), loss.consistency.item(), loss.entropy.item()]
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            objective.backward()
             optimizer.step()
         mean = sums / max(1, steps)
         best = int(mean[:, 0].argmin())
@@ -297,11 +521,10 @@ def _train(model: nn.Module, heads: ClusterHeads, inputs, neighbors: np.ndarray,
         distributed.barrier()
 
     # Choose the head by its SCAN loss over the whole dataset, on clean inputs: deterministic, label-free.
-    all_probs = _predict(model, inputs, n, max(config.batch_size, 512), config.bf16)
+    # Streams at ImageNet scale (see _choose_head): all heads' probabilities never sit in memory at once.
+    head_losses, best_head, probabilities = _choose_head(model, heads, inputs, n, stored, config, out_dir)
     model.to("cpu")  # the result (heads, and the backbone in network mode) is handed back on the CPU
-    head_losses = [scan_loss_of_probabilities(p, stored, config.entropy_weight) for p in all_probs]
-    best_head = select_head(head_losses)
-    result = ScanResult(heads, best_head, head_losses, all_probs[best_head], history,
+    result = ScanResult(heads, best_head, head_losses, probabilities, history,
                         seconds=time.perf_counter() - started)
     if out_dir is not None and distributed.is_main():
         result.checkpoint = save_scan(out_dir / "scan.pt", result, config, extra_modules, meta)
@@ -309,10 +532,12 @@ def _train(model: nn.Module, heads: ClusterHeads, inputs, neighbors: np.ndarray,
 
 
 def select_head(head_losses: list[dict[str, float]]) -> int:
-    """Index of the head with the lowest total SCAN loss (ties: the first)."""
+    """Index of the head with the lowest total SCAN loss (ties: the first; a NaN total, from a
+    diverged head, never wins unless every head has one)."""
     if not head_losses:
         raise NolabelError("no head to choose from")
-    return int(np.argmin([h["total"] for h in head_losses]))
+    totals = np.array([h["total"] for h in head_losses], dtype=np.float64)
+    return int(np.argmin(np.where(np.isnan(totals), np.inf, totals)))
 
 
 def save_scan(path: Path, result: ScanResult, config: ScanConfig, extra_modules: dict[str, nn.Module],
@@ -510,8 +735,9 @@ def write_augmented_views(data: str, model: str, out_dir: str | Path, *, kind: s
     """Features of `n_views` random augmented views of every image, one FeatureStore per view
     (`out_dir/view0`, ...), for SCAN and self-labeling on frozen features (`augmented=` of `run_scan`,
     `run_selflabel`). kind: "weak" (flip + translation) or "strong" (weak + 4 RandAugment-style ops +
-    Cutout). Finished views are kept (resumable) while they match the request, weights included
-    (by content hash); a view computed from other weights or settings is recomputed, with a message."""
+    Cutout). Finished views are kept (resumable) while their record matches the request - the
+    images by content, the weights by hash, the augmentation, seed and precision; a view computed
+    from anything else is recomputed, with a message."""
     from ..augment import StrongAugment, WeakAugment
     from ..data import load
     from ..models import create
@@ -524,6 +750,7 @@ def write_augmented_views(data: str, model: str, out_dir: str | Path, *, kind: s
         raise NolabelError(f"augmented view kind must be one of {sorted(augments)}, got {kind!r}")
     backbone = create(model, weights=weights).eval()
     dataset = load(data)
+    data_fingerprint = dataset.fingerprint()
     size = image_size or backbone.input_size
     images = images_in_memory(dataset, size)
     out = Path(out_dir)
@@ -531,22 +758,24 @@ def write_augmented_views(data: str, model: str, out_dir: str | Path, *, kind: s
     for v in range(n_views):
         path = out / f"view{v}"
         paths.append(path)
-        wanted = {"model": model, "weights": str(weights) if weights else None,
+        wanted = {"data": data, "data_fingerprint": data_fingerprint, "model": model,
                   "weights_sha256": getattr(backbone.load_report, "sha256", None), "image_size": size,
-                  "augmentation": kind, "view": v, "seed": seed, "data": data}
-        if is_complete(path):
-            stored = FeatureStore.open(path).manifest
-            if all(stored.get(k) == value for k, value in wanted.items()):
-                continue
-            changed = ", ".join(k for k, value in wanted.items() if stored.get(k) != value)
+                  "augmentation": kind, "view": v, "seed": seed, "bf16": bf16, "batch_size": batch_size}
+        previous = record.read(path)
+        if is_complete(path) and previous is not None and previous["fingerprint"] == record.fingerprint(wanted):
+            continue
+        if previous is not None:
+            changed = ", ".join(record.differences(previous["inputs"], wanted))
             print(f"{path}: stored {kind} view differs in {changed}; recomputing it", flush=True)
         generator = torch.Generator().manual_seed(seed * 1000 + v)
         feats = extract_features(backbone, images, size, batch_size, bf16, show_progress, augments[kind](), generator)
-        write_store(path, feats, dataset.labels, dataset.item_names, wanted)
+        write_store(path, feats, dataset.labels, dataset.item_names,
+                    {**wanted, "weights": str(weights) if weights else None}, inputs=wanted)
     return [FeatureStore.open(p).path for p in paths]
 
 
 PCA_FILE = "pca.npz"
+NEIGHBORS_RECORD = "neighbors.record.json"
 
 
 def project_inputs(inputs: dict[str, Any], pca: Any) -> dict[str, Any]:
@@ -570,9 +799,10 @@ def apply_stage_pca(scan_dir: str | Path, inputs: dict[str, Any]) -> dict[str, A
     return project_inputs(inputs, PCA.load(path))
 
 
-def _stage_pca(out: Path, inputs: dict[str, Any], n_components: int | None, force: bool) -> dict[str, Any]:
+def _stage_pca(out: Path, inputs: dict[str, Any], n_components: int | None, refit: bool) -> dict[str, Any]:
     """PCA before the heads (frozen mode): fitted on the clean features, saved as `out/pca.npz` for
-    self-labeling and reused when an interrupted run resumes. MLP heads on all 3,880 dimensions of
+    self-labeling and reused when an interrupted run resumes (`refit`: the stage starts over, so a
+    saved PCA belongs to other inputs). MLP heads on all 3,880 dimensions of
     `efficientnet_lite0_multilevel` would cost a CPU many times more per step than on 256."""
     from .pca import PCA
 
@@ -585,7 +815,7 @@ def _stage_pca(out: Path, inputs: dict[str, Any], n_components: int | None, forc
     if n_components > min(n, dim):
         raise NolabelError(f"PCA to {n_components} dimensions: the features have {n} rows of width {dim}; "
                            f"ask for at most {min(n, dim)}")
-    pca = PCA.load(path) if path.exists() and not force else None
+    pca = PCA.load(path) if path.exists() and not refit else None
     if pca is None or pca.components_.shape != (n_components, dim):
         pca = PCA(n_components).fit(inputs["features"])
         if distributed.is_main():
@@ -594,24 +824,46 @@ def _stage_pca(out: Path, inputs: dict[str, Any], n_components: int | None, forc
     return project_inputs(inputs, pca)
 
 
+def stage_source(features: str | Path | None, augmented: list[str | Path] | tuple = (), data: str | None = None,
+                 model: str | None = None, weights: str | Path | None = None, image_size: int | None = None
+                 ) -> dict[str, Any]:
+    """What a SCAN or self-labeling stage reads, for its record, without loading it: the feature
+    stores by fingerprint (frozen mode), or the images by content and the backbone by name and
+    weights hash (network mode)."""
+    from ..store import FeatureStore
+
+    if features is not None:
+        return {"mode": "features", "features": FeatureStore.open(features).fingerprint,
+                "views": [FeatureStore.open(a).fingerprint for a in augmented]}
+    from ..data import load
+    from ..io import sha256_file
+
+    if data is None:
+        raise NolabelError("give either --features (heads on frozen features) or --data and --model (whole network)")
+    return {"mode": "network", "data": data, "data_fingerprint": load(data).fingerprint(), "model": model,
+            "weights_sha256": sha256_file(weights) if weights else None, "image_size": image_size}
+
+
 def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augmented: list[str | Path] | tuple = (),
              data: str | None = None, model: str | None = None, weights: str | Path | None = None,
              image_size: int | None = None, num_neighbors: int = 20, pca_components: int | None = None,
              config: ScanConfig | None = None, force: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """The SCAN stage from files: mine neighbours (reused from `out_dir/neighbors.npy` when present),
-    train, and write into `out_dir`: neighbors.npy, scan.pt, probabilities.npy (N, K), predictions.npy
-    (N,), scan.json (chosen head, per-head losses, neighbour purity and metrics when labels exist).
+    """The SCAN stage from files: mine neighbours, train, and write into `out_dir`: neighbors.npy,
+    scan.pt, probabilities.npy (N, K), predictions.npy (N,), scan.json (chosen head, per-head
+    losses, neighbour purity and metrics when labels exist) and, last, record.json.
+
+    A result finished in `out_dir` from the same inputs and settings is returned as it is; an
+    unfinished one resumes; one made from others is replaced only with `force`. Neighbours have
+    their own record (neighbors.record.json): they are reused, even by a replaced stage, only when
+    mined from the same features (and PCA) with the same count.
 
     pca_components: frozen mode only; project the features (and augmented views) to this many PCA
     dimensions before mining neighbours and training the heads (the PCA is saved as pca.npz and
     self-labeling applies it too). Returns scan.json's content."""
-    from ..io import refuse_overwrite, save_npy, write_json
+    from ..io import read_json, save_npy, write_json
     from .neighbors import load_neighbors, mine_neighbors, neighbor_purity, save_neighbors
 
     out = Path(out_dir)
-    refuse_overwrite(out / "scan.json", force, what="a finished SCAN result")
-    if force and (out / "scan_state.pt").exists():
-        (out / "scan_state.pt").unlink()
     config = config or ScanConfig()
     config.validate()
     distributed.resolve_device(config.device)  # a missing GPU fails here, before any file is written
@@ -619,22 +871,34 @@ def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augment
         raise NolabelError("PCA before the heads takes a number of dimensions >= 1 and applies to frozen "
                            f"features (--features) only; got {pca_components} with "
                            f"{'--data (whole network)' if data is not None else '--features'}")
+    source = stage_source(features, augmented, data, model, weights, image_size)
+    stage_inputs = {**source, "pca": pca_components, "num_neighbors": num_neighbors,
+                    "config": record.without(asdict(config), "device")}
+    status = record.begin(out, "scan", stage_inputs, force=force, what="a SCAN result")
+    if status is record.DONE:
+        return read_json(out / "scan.json")
+    if status is record.START:  # a training state here belongs to other inputs
+        (out / "scan_state.pt").unlink(missing_ok=True)
     inputs = load_stage_inputs(features, augmented, data, model, weights, image_size)
     started = time.perf_counter()
-    inputs = _stage_pca(out, inputs, pca_components, force)
+    inputs = _stage_pca(out, inputs, pca_components, refit=status is record.START)
     if inputs["mode"] == "features":
         base = inputs["features"]
     else:
         from ..pretrain.simclr import extract_features
 
         base = extract_features(inputs["backbone"], inputs["images"], inputs["image_size"], bf16=config.bf16)
+    # Neighbours keep a record of their own: reused only when mined in the same space, as many.
+    nb_inputs = {"space": {k: v for k, v in source.items() if k != "views"}, "pca": pca_components,
+                 "bf16": config.bf16 if inputs["mode"] == "network" else None, "k": num_neighbors}
     nb_path = out / "neighbors.npy"
-    if nb_path.exists() and not force:
+    if record.is_done(out, nb_inputs, name=NEIGHBORS_RECORD):
         neighbors = load_neighbors(nb_path, n=len(base))
     else:
         neighbors = mine_neighbors(base, k=num_neighbors)
         if distributed.is_main():
             save_neighbors(nb_path, neighbors)
+            record.finish(out, "neighbors", nb_inputs, name=NEIGHBORS_RECORD)
     mined = time.perf_counter() - started
     labels = inputs["labels"]
     if inputs["mode"] == "features":
@@ -656,4 +920,5 @@ def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augment
         save_npy(out / "probabilities.npy", result.probabilities.astype(np.float32))
         save_npy(out / "predictions.npy", result.predictions.astype(np.int64))
         write_json(out / "scan.json", summary)
+    record.finish(out, "scan", stage_inputs)
     return summary

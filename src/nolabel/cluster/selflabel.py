@@ -24,9 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import distributed
+from .. import distributed, record
 from ..errors import NolabelError
-from ..training import ModelEMA, TrainingState, cosine_lr, progress, seeded_generator, set_lr, wrap_distributed
+from ..training import (ModelEMA, TrainingState, cosine_lr, progress, seeded_generator, set_lr, training_inputs,
+                        wrap_distributed)
 from .scan import FeatureInputs, ImageInputs, ListHead, _predict, entropy
 
 
@@ -75,29 +76,47 @@ class SelfLabelResult:
 
 
 def self_label_loss(clean_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float = 0.99,
-                    class_balance: bool = True, entropy_weight: float = 0.0) -> tuple[torch.Tensor | None, int]:
+                    class_balance: bool = True, entropy_weight: float = 0.0,
+                    batch_size: int | None = None) -> tuple[torch.Tensor | None, int]:
     """Masked cross-entropy of the strong view against the clean view's confident argmax.
 
     clean_logits, strong_logits: (B, K). Returns (loss or None when no sample is confident, number
     of confident samples). With class balancing each pseudo-class present gets weight
     n_confident / count(class), i.e. every class present contributes equally. `entropy_weight` > 0
     subtracts entropy_weight * H(mean softmax of the strong logits over the whole batch).
+
+    Under torchrun each process passes its own rows of a batch of `batch_size`: the confident
+    samples, the class counts and the mean prediction are those of the whole batch (summed over the
+    processes), and the loss returned is this process's share, scaled so that the gradient
+    DistributedDataParallel averages is the whole batch's. Every process then gets a loss - a zero
+    share when none of its own rows is confident - or all get None, so all take the same steps.
     """
+    world = distributed.world_size()
+    k = clean_logits.shape[1]
     with torch.no_grad():
         probs = F.softmax(clean_logits.float(), dim=1)
         confidence, target = probs.max(1)
         mask = confidence > threshold
-    n_confident = int(mask.sum())
+        counts = distributed.all_reduce_sum(torch.bincount(target[mask], minlength=k).to(torch.int64))
+    n_confident = int(counts.sum())
     if n_confident == 0:
         return None, 0
-    target = target[mask]
-    weight = None
     if class_balance:
-        counts = torch.bincount(target, minlength=clean_logits.shape[1]).float()
-        weight = torch.where(counts > 0, n_confident / counts.clamp_min(1), torch.zeros_like(counts))
-    loss = F.cross_entropy(strong_logits[mask].float(), target, weight=weight)
+        weight = torch.where(counts > 0, n_confident / counts.clamp_min(1).float(), torch.zeros(k))
+    else:
+        weight = torch.ones(k)
+    weight = weight.to(strong_logits.device)
+    # F.cross_entropy(weight=w) is sum_i w[y_i] CE_i / sum_i w[y_i] over the confident rows of the
+    # whole batch; the denominator is known from the global counts.
+    denominator = float((weight.cpu() * counts.float()).sum())
+    per_sample = F.cross_entropy(strong_logits[mask].float(), target[mask], reduction="none")
+    loss = (weight[target[mask]] * per_sample).sum() * (world / denominator)
+    if mask.sum() == 0:  # keep this process's loss attached to its outputs (DDP's collectives)
+        loss = loss + strong_logits.float().sum() * 0
     if entropy_weight > 0:
-        loss = loss - entropy_weight * entropy(F.softmax(strong_logits.float(), 1).mean(0))
+        n = batch_size or len(strong_logits)
+        mean_prediction = distributed.all_reduce_sum_with_grad(F.softmax(strong_logits.float(), 1).sum(0)) / n
+        loss = loss - entropy_weight * entropy(mean_prediction)
     return loss, n_confident
 
 
@@ -129,7 +148,10 @@ def _train(model: nn.Module, inputs, scan_probabilities: np.ndarray, config: Sel
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     ema = ModelEMA(model, config.ema_decay) if config.ema_decay else None
     all_modules = {**modules, **({"ema": ema.module} if ema else {})}
-    state_file = TrainingState(out_dir / "selflabel_state.pt") if out_dir is not None else None
+    state_file = None
+    if out_dir is not None:
+        state_file = TrainingState(out_dir / "selflabel_state.pt", training_inputs(
+            config, scan_probabilities, modules=modules, inputs=inputs.fingerprint()))
     start_epoch, history = state_file.resume(all_modules, optimizer, generator) if state_file else (0, [])
     ddp_model = wrap_distributed(model)
     steps = max(1, n // config.batch_size)
@@ -141,9 +163,10 @@ def _train(model: nn.Module, inputs, scan_probabilities: np.ndarray, config: Sel
         bar = progress(range(steps), total=steps, desc=f"selflabel {epoch + 1}/{config.epochs}", enabled=show_progress)
         for step in bar:
             set_lr(optimizer, cosine_lr(config.lr, epoch * steps + step, steps * config.epochs, final_fraction=0.1))
-            idx = order[step * config.batch_size:(step + 1) * config.batch_size][local.start:local.stop]
-            clean = inputs.batch(idx, False, generator).to(device, non_blocking=True)
-            strong = inputs.batch(idx, True, generator).to(device, non_blocking=True)
+            # the whole batch's random draws in every process, each keeping its own rows (`local`)
+            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+            clean = inputs.batch(idx, False, generator, local).to(device, non_blocking=True)
+            strong = inputs.batch(idx, True, generator, local).to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 # Targets come from the model in eval mode (BN statistics not polluted by the clean pass).
                 model.eval()
@@ -152,12 +175,9 @@ def _train(model: nn.Module, inputs, scan_probabilities: np.ndarray, config: Sel
                 model.train()
                 strong_logits = ddp_model(strong)[0]
             loss, n_conf = self_label_loss(clean_logits, strong_logits, config.threshold, config.class_balance,
-                                           config.entropy_weight)
+                                           config.entropy_weight, batch_size=len(idx))
             confident += n_conf
-            if loss is None:
-                # Keep DDP's collective calls matched across processes: a zero loss through every output.
-                if distributed.is_distributed():
-                    (strong_logits.float().sum() * 0).backward()
+            if loss is None:  # no confident sample in the whole batch: every process skips the step
                 continue
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -166,7 +186,7 @@ def _train(model: nn.Module, inputs, scan_probabilities: np.ndarray, config: Sel
                 ema.update(model)
             losses.append(loss.item())
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None,
-                        "confident_fraction": confident / max(1, steps * len(idx))})
+                        "confident_fraction": confident / max(1, steps * config.batch_size)})
         if state_file is not None:
             state_file.save(epoch + 1, all_modules, optimizer, generator, history, config=asdict(config))
         distributed.barrier()
@@ -230,28 +250,38 @@ def run_selflabel(scan_dir: str | Path, out_dir: str | Path, *, features: str | 
                   image_size: int | None = None, config: SelfLabelConfig | None = None, force: bool = False,
                   show_progress: bool = True) -> dict[str, Any]:
     """The self-labeling stage from files: start from `scan_dir` (scan.pt, probabilities.npy of
-    `run_scan`), train, and write into `out_dir`: selflabel.pt, probabilities.npy, predictions.npy and
-    selflabel.json (skipped or not, the message, confident fractions, metrics when labels exist).
+    `run_scan`), train, and write into `out_dir`: selflabel.pt, probabilities.npy, predictions.npy,
+    selflabel.json (skipped or not, the message, confident fractions, metrics when labels exist) and,
+    last, record.json. Its inputs include SCAN's result (by hash): a SCAN result replaced since makes this one
+    stale (refused without `force`); the same inputs return the finished result as it is.
     Frozen features go through SCAN's PCA (`scan_dir/pca.npz`) when SCAN used one.
 
     Network mode rebuilds `model` with the backbone weights SCAN saved in scan.pt."""
-    from ..io import refuse_overwrite, save_npy, write_json
-    from .scan import _labelled_metrics, apply_stage_pca, load_scan, load_stage_inputs
+    from ..io import read_json, save_npy, sha256_file, write_json
+    from .scan import _labelled_metrics, apply_stage_pca, load_scan, load_stage_inputs, stage_source
 
     scan_dir, out = Path(scan_dir), Path(out_dir)
-    refuse_overwrite(out / "selflabel.json", force, what="a finished self-labeling result")
-    if force and (out / "selflabel_state.pt").exists():
-        (out / "selflabel_state.pt").unlink()
-    heads, best, saved = load_scan(scan_dir / "scan.pt")
-    scan_probabilities = np.load(scan_dir / "probabilities.npy")
     config = config or SelfLabelConfig()
     config.validate()
     distributed.resolve_device(config.device)  # a missing GPU fails here, before any file is written
+    heads, best, saved = load_scan(scan_dir / "scan.pt")
+    if not (scan_dir / "probabilities.npy").is_file():
+        raise NolabelError(f"{scan_dir}: no probabilities.npy; the SCAN stage has not finished")
+    # what self-labeling reads of SCAN's result, by content
+    scan_fingerprint = {name: sha256_file(scan_dir / name) for name in ("scan.pt", "probabilities.npy")}
     backbone_state = saved["modules"].get("backbone")
     if data is not None and backbone_state is None:
         raise NolabelError(f"{scan_dir}: SCAN ran on frozen features; self-label with --features, not --data")
-    inputs = load_stage_inputs(features, augmented, data, model or saved["meta"].get("model"), None, image_size,
-                               backbone_state)
+    model = model or saved["meta"].get("model")
+    stage_inputs = {"scan": scan_fingerprint, **stage_source(features, augmented, data, model, None, image_size),
+                    "config": record.without(asdict(config), "device")}
+    status = record.begin(out, "selflabel", stage_inputs, force=force, what="a self-labeling result")
+    if status is record.DONE:
+        return read_json(out / "selflabel.json")
+    if status is record.START:  # a training state here belongs to other inputs
+        (out / "selflabel_state.pt").unlink(missing_ok=True)
+    scan_probabilities = np.load(scan_dir / "probabilities.npy")
+    inputs = load_stage_inputs(features, augmented, data, model, None, image_size, backbone_state)
     inputs = apply_stage_pca(scan_dir, inputs)  # the heads' input space
     head = heads.single(best)
     if inputs["mode"] == "features":
@@ -274,4 +304,5 @@ def run_selflabel(scan_dir: str | Path, out_dir: str | Path, *, features: str | 
         save_npy(out / "probabilities.npy", result.probabilities.astype(np.float32))
         save_npy(out / "predictions.npy", result.predictions.astype(np.int64))
         write_json(out / "selflabel.json", summary)
+    record.finish(out, "selflabel", stage_inputs)
     return summary

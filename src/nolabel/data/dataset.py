@@ -10,6 +10,8 @@ item names are known without decoding a single image. Two kinds:
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import operator
 import os
 from abc import abstractmethod
@@ -82,6 +84,20 @@ class ImageDataset(Sequence):
     def _image(self, i: int, min_size: int | None = None) -> Image.Image:
         """The decoded RGB image at position `i` (0 <= i < len(self)); see `image`."""
 
+    def fingerprint(self) -> str:
+        """sha256 (hex) of what the dataset holds: items, labels, class names and the images' content
+        (see `_hash_content`). Two loads of unchanged data give the same fingerprint; a changed,
+        added, removed or relabelled image changes it. Stage records list it among their inputs."""
+        h = hashlib.sha256()
+        h.update(json.dumps([type(self).__name__, self.classes, self.item_names]).encode("utf-8"))
+        h.update(self.labels.astype("<i8").tobytes())
+        self._hash_content(h)
+        return h.hexdigest()
+
+    @abstractmethod
+    def _hash_content(self, h) -> None:
+        """Feed the images' content (or a stand-in that changes with it) to the hash `h`."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r}, n={len(self)}, classes={len(self.classes)})"
 
@@ -97,6 +113,10 @@ class ArrayImageDataset(ImageDataset):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         super().__init__(spec, labels, classes, item_names, on_bad_image)
         self.images = images
+
+    def _hash_content(self, h) -> None:
+        h.update(f"{self.images.dtype}{self.images.shape}".encode())
+        h.update(np.ascontiguousarray(self.images).data)
 
     def _image(self, i: int, min_size: int | None = None) -> Image.Image:
         pixels = self.images[i]
@@ -115,15 +135,69 @@ class FileImageDataset(ImageDataset):
         self.root = Path(root)
         self.paths = [str(p) for p in paths]
         self.border = border
-        # string slicing, not Path.relative_to: ImageNet has 1.28M paths
+        # String checks, not Path.relative_to / resolve: ImageNet has 1.28M paths. They are lexical
+        # only: a prefix match plus no '..' component. Names read from data files are checked,
+        # links included, where they are joined (`path_inside`); paths found by listing a folder
+        # need nothing more.
         prefix = os.path.join(str(self.root), "")
         if not all(p.startswith(prefix) for p in self.paths):
             raise ValueError(f"every path must lie under {self.root}")
         names = [p[len(prefix):].replace(os.sep, "/") for p in self.paths]
+        if ".." in "\n".join(names):  # one C-level search; per-name work only when it finds something
+            climbing = next((p for p, n in zip(self.paths, names) if ".." in n.split("/")), None)
+            if climbing is not None:
+                raise ValueError(f"{climbing} climbs out of {self.root} with '..'")
         super().__init__(spec, labels, classes, names, on_bad_image)
+
+    def _hash_content(self, h) -> None:
+        """Each file's size and modification time stand in for its bytes: hashing ImageNet's 140 GB
+        would take longer than extracting it, while one stat per file takes seconds."""
+        h.update(f"border={self.border}".encode())
+        sizes_times = np.empty((len(self.paths), 2), dtype="<i8")
+        for i, path in enumerate(self.paths):
+            try:
+                st = os.stat(path)
+                sizes_times[i] = st.st_size, st.st_mtime_ns
+            except OSError:  # gone since it was listed: extraction will report it as a bad image
+                sizes_times[i] = -1, -1
+        h.update(sizes_times.tobytes())
 
     def _image(self, i: int, min_size: int | None = None) -> Image.Image:
         return open_image(self.paths[i], border=self.border, min_size=min_size)
+
+
+def path_inside(root: Path, name: str, source: str | os.PathLike) -> Path:
+    """`root / name` for a `name` read from the file `source` (a folder named in a mapping file, a
+    wnid from a class list), refused unless it leads strictly inside `root`.
+
+    The joined path is resolved (`..` collapsed, symbolic links followed) and must be
+    `is_relative_to` the resolved `root`; an absolute name, a `..` that climbs out, or a name that
+    leads out through a symbolic link is a NolabelError naming `source`, the name and `root`.
+
+    Symbolic links, the choice made here: `root` itself and the folders above it may be links
+    (users put datasets on other disks and link them in): both sides are resolved, so those are
+    followed. A link *below* `root`, on the path a data file names, is not followed out of it: a
+    file's contents must not choose what is read elsewhere on the machine. Folders and images
+    found by listing a directory (folder:, images:, imagenet:, and the images inside every class
+    folder) never pass through here and are followed as the user placed them.
+    """
+    name = str(name)
+    try:
+        base = root.resolve()
+        resolved = (root / name).resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # a link loop, a NUL byte in the name, ...
+        raise NolabelError(f"{source}: name {name!r} cannot be looked up under {root} ({e})") from None
+    if resolved == base:
+        raise NolabelError(f"{source}: name {name!r} names {root} itself, not something inside it")
+    if not resolved.is_relative_to(base):
+        via_link = Path(os.path.normpath(root / name)).is_relative_to(os.path.normpath(root))
+        hint = (f" through a symbolic link below {root}; links named by a data file are not followed out of "
+                "the dataset folder (link the whole folder instead)") if via_link else ""
+        raise NolabelError(f"{source}: name {name!r} leads outside {root} (to {resolved}){hint}; "
+                           "refusing to read it")
+    if ".." in Path(name).parts:  # a harmless detour that stays inside: keep item names plain
+        return root.joinpath(*resolved.relative_to(base).parts)
+    return root / name
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import NolabelError
 from ..io import read_json
-from .dataset import FileImageDataset, Request
+from .dataset import FileImageDataset, Request, path_inside
 from .folders import class_folder_dataset
 from .images import is_image_file
 
@@ -59,17 +59,24 @@ def load_imagenet_subset(req: Request) -> FileImageDataset:
     split_dir = _split_dir(req)
     subset = subset_classes(req.name)
     wnids = sorted(subset)
-    missing = [w for w in wnids if not (split_dir / w).is_dir()]
+    # the wnids come from a file (shipped with nolabel, but still a file): joined like any such name
+    subset_file = _subset_file(req.name)
+    class_dirs = [path_inside(split_dir, w, subset_file) for w in wnids]
+    missing = [w for w, d in zip(wnids, class_dirs) if not d.is_dir()]
     if missing:
         raise NolabelError(f"{req.spec}: {split_dir} lacks {len(missing)} of the {len(wnids)} class "
                            f"folders of {req.name}: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
-    return class_folder_dataset(req, req.root, [split_dir / w for w in wnids], [subset[w] for w in wnids])
+    return class_folder_dataset(req, req.root, class_dirs, [subset[w] for w in wnids])
 
 
 def subset_classes(name: str) -> dict[str, str]:
     """SCAN's class list for `name` ("imagenet50", ...): {wnid: class name}."""
-    text = resources.files(__package__).joinpath("imagenet_subsets", SUBSET_FILES[name]).read_text()
+    text = _subset_file(name).read_text()
     return dict(line.split(" ", 1) for line in text.splitlines() if line.strip())
+
+
+def _subset_file(name: str):
+    return resources.files(__package__).joinpath("imagenet_subsets", SUBSET_FILES[name])
 
 
 def load_objectnet(req: Request) -> ObjectNetDataset:
@@ -81,15 +88,17 @@ def load_objectnet(req: Request) -> ObjectNetDataset:
     for name in OBJECTNET_MAPPINGS:
         if not (mappings_dir / name).is_file():
             raise NolabelError(f"{req.spec}: mapping file {name} not found in {mappings_dir} ({layout})")
-    folder_to_label = read_json(mappings_dir / "folder_to_objectnet_label.json")
+    folder_file = mappings_dir / "folder_to_objectnet_label.json"
+    folder_to_label = read_json(folder_file)
     folders = sorted(folder_to_label)
-    missing = [f for f in folders if not (images_dir / f).is_dir()]
+    class_dirs = [path_inside(images_dir, f, folder_file) for f in folders]
+    missing = [f for f, d in zip(folders, class_dirs) if not d.is_dir()]
     if missing:
         raise NolabelError(f"{req.spec}: {images_dir} lacks {len(missing)} class folders named in "
                            f"folder_to_objectnet_label.json: {', '.join(missing[:5])}")
     classes = [folder_to_label[f] for f in folders]
     return class_folder_dataset(
-        req, root, [images_dir / f for f in folders], classes, border=OBJECTNET_BORDER,
+        req, root, class_dirs, classes, border=OBJECTNET_BORDER,
         dataset_type=ObjectNetDataset, imagenet_class_indices=_objectnet_to_imagenet(mappings_dir, classes),
     )
 

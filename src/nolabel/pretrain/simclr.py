@@ -29,12 +29,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import distributed
+from .. import distributed, record
 from ..augment import SimCLRAugment, to_float_images
 from ..errors import NolabelError
 from ..io import write_json
-from ..training import (TrainingState, cosine_lr, encode, network_input, progress, seeded_generator, set_lr,
-                        wrap_distributed)
+from ..training import (TrainingState, begin_training, cosine_lr, encode, network_input, progress, seeded_generator,
+                        set_lr, training_inputs, wrap_distributed)
 
 
 class ProjectionHead(nn.Module):
@@ -149,16 +149,8 @@ def train_simclr(images: np.ndarray, out_dir: str | Path, config: SimCLRConfig |
     head.to(device)
     params = list(backbone.parameters()) + list(head.parameters())
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    state_file = TrainingState(out_dir / "state.pt")
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    state = state_file.load()
-    if state is not None:
-        if state.get("config", {}).get("model") != config.model:
-            raise NolabelError(f"{state_file.path} was trained with model {state.get('config', {}).get('model')!r}, "
-                               f"not {config.model!r}; use another --out or delete it")
-        TrainingState.restore(state, {"backbone": backbone, "head": head}, optimizer, generator)
-        start_epoch, history = state["epoch"], list(state["history"])
+    state_file = TrainingState(out_dir / "state.pt", training_inputs(config, images))
+    start_epoch, history = state_file.resume({"backbone": backbone, "head": head}, optimizer, generator)
 
     augment = SimCLRAugment(size, scale=config.crop_scale, brightness=config.jitter[0], contrast=config.jitter[1],
                             saturation=config.jitter[2], hue=config.jitter[3], jitter_p=config.jitter_p,
@@ -196,13 +188,13 @@ def train_simclr(images: np.ndarray, out_dir: str | Path, config: SimCLRConfig |
             losses.append(loss.item())
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.3f}")
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": lr,
+        epoch_log: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": lr,
                                   "seconds": time.perf_counter() - epoch_start}
         if monitor is not None and distributed.is_main():
-            record["knn_acc"] = monitor(backbone)
-        history.append(record)
+            epoch_log["knn_acc"] = monitor(backbone)
+        history.append(epoch_log)
         if distributed.is_main():
-            line = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+            line = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in epoch_log.items())
             print(f"simclr: {line}", flush=True)
             save_checkpoint(backbone, checkpoint, heads={"projection": head},
                             meta={"method": "simclr", "epoch": epoch + 1, "config": _json_config(config)})
@@ -262,21 +254,26 @@ def extract_features(backbone: nn.Module, images: np.ndarray, image_size: int | 
 
 def pretrain_simclr(data: str, out_dir: str | Path, config: SimCLRConfig | None = None, force: bool = False,
                     show_progress: bool = True) -> SimCLRResult:
-    """The pretext stage from a dataset spec: load it, train (resuming an unfinished run in `out_dir`;
-    `force` starts over), return the result. Labels, where the dataset has them, feed the monitor only."""
+    """The pretext stage from a dataset spec: load it, train, return the result. Labels, where the
+    dataset has them, feed the monitor only.
+
+    `out_dir`'s record (`nolabel.record`) holds the images' fingerprint and the configuration: a
+    finished training with the same ones returns at once, an unfinished one resumes, and one made
+    from other images or settings is replaced only with `force`."""
     from ..data import load
     from ..models import create as create_model
     from ..training import images_in_memory
 
     config = config or SimCLRConfig()
-    config.validate()  # bad settings, or a missing GPU, fail before `force` deletes anything
+    config.validate()  # bad settings, or a missing GPU, fail before anything is replaced
     distributed.resolve_device(config.device)
     out = Path(out_dir)
-    if force and distributed.is_main():
-        for name in ("state.pt", "backbone.pt", "history.json"):
-            (out / name).unlink(missing_ok=True)
-    distributed.barrier()
     dataset = load(data)
     size = config.image_size or create_model(config.model, pretrained=False).input_size
+    images = images_in_memory(dataset, size)
+    inputs = training_inputs(config, images)
+    begin_training(out, "pretrain", inputs, force, ("state.pt", "backbone.pt", "history.json"), "a SimCLR training")
     labels = dataset.labels if (dataset.labels >= 0).any() else None
-    return train_simclr(images_in_memory(dataset, size), out, config, labels=labels, show_progress=show_progress)
+    result = train_simclr(images, out, config, labels=labels, show_progress=show_progress)
+    record.finish(out, "pretrain", inputs, seconds=round(result.seconds, 2))
+    return result

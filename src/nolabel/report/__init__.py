@@ -403,10 +403,10 @@ def _cluster_browser(result: ClusterResult, source: str, n_typical: int, n_rando
 
 
 def _render_sprites(members, read, thumb_px: int, progress: bool) -> dict:
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     sprites = {}
-    for cluster, chosen in tqdm(members.items(), desc="report montages", unit="cluster", disable=not progress):
+    for cluster, chosen in progress_bar(members.items(), desc="report montages", unit="cluster", enabled=progress):
         images = [read(m.row) for m in chosen]
         first = next((im for im in images if im is not None), None)
         sprites[cluster] = render_sprite(images, tile_size(first, thumb_px) if first is not None else 8)

@@ -17,7 +17,6 @@ import numpy as np
 
 from ..errors import NolabelError
 from ..io import read_json
-from ..run import STAGE_JSON
 from ..store import FeatureStore
 
 ASSIGNMENTS = "assignments.csv"
@@ -108,7 +107,7 @@ def read_run(path: str | os.PathLike) -> RunFolder:
         results, other_rows = [], []
         for row in summary.get("rows", []):
             folder = _relocate(row["folder"], origin, path)
-            if (folder / STAGE_JSON).exists() and not (folder / RUN_JSON).exists():
+            if not (folder / RUN_JSON).exists():  # a SCAN or self-labeling row: scored in summary.json
                 other_rows.append(row)
             else:
                 results.append(read_cluster_folder(folder, row["method"], origin, path))
