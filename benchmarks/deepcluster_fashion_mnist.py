@@ -3,7 +3,7 @@
 Each version trains `cnn28` on all 70,000 images at 28x28 for as many epochs as its budget allows
 (planned from a throughput probe taken at the start, so the cosine schedule ends with the budget;
 the training also stops before an epoch it cannot finish), then evaluates the trained backbone with
-the protocol of `nolabel.cluster.deepcluster.evaluate_backbone`: eval-mode features, whitened PCA,
+the protocol of `nolabel.pretrain.deepcluster.evaluate_backbone`: eval-mode features, whitened PCA,
 L2, k-means with K = 10 (5 restarts), ACC (hungarian) / NMI / AMI / ARI against the labels, the
 mapping fitted on the evaluated images (SCAN's protocol). Rows also report the last epoch's own
 clustering (k clusters, ACC with the majority mapping) and, as a floor, the same evaluation of the
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from nolabel.augment import to_float_images
-from nolabel.cluster.deepcluster import DeepClusterConfig, evaluate_backbone, train_deepcluster
+from nolabel.pretrain.deepcluster import DeepClusterConfig, evaluate_backbone, train_deepcluster
 from nolabel.data import load
 from nolabel.io import read_json, write_json
 from nolabel.models import create

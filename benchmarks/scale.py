@@ -69,7 +69,7 @@ def write_features(folder: Path, n: int, chunk: int = 65536, seed: int = 0) -> N
 STAGE = """
 import json, sys, time
 from nolabel.config import KMeansConfig, PCAConfig
-from nolabel.pipeline import cluster_stores
+from nolabel.cluster.pca_kmeans import cluster_stores
 from nolabel.store import FeatureStore
 store = FeatureStore.open(sys.argv[1])
 start = time.perf_counter()

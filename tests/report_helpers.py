@@ -108,7 +108,7 @@ def cluster_run(run_dir: Path, stores, k: int, name: str = "test-run", method: s
     """A run folder as `nolabel run` lays it out: features/, cluster/ (the real pipeline), summary.json."""
     from nolabel.config import KMeansConfig, PCAConfig
     from nolabel.io import write_json
-    from nolabel.pipeline import cluster_stores
+    from nolabel.cluster.pca_kmeans import cluster_stores
 
     cluster_dir = run_dir / "cluster"
     results = cluster_stores(stores[0], stores[1:], cluster_dir, pca=PCAConfig(n_components=pca_components),

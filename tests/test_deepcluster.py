@@ -8,7 +8,7 @@ from distributed_helpers import run_torchrun
 from sklearn.datasets import load_digits
 
 from nolabel.cli import main as cli_main
-from nolabel.cluster.deepcluster import (DeepClusterConfig, cluster_features, cluster_memory_bank, pca_dimensions,
+from nolabel.pretrain.deepcluster import (DeepClusterConfig, cluster_features, cluster_memory_bank, pca_dimensions,
                                          train_deepcluster, uniform_cluster_sample)
 from nolabel.cluster.kmeans import CHUNK_SIZE
 from nolabel.errors import NolabelError
@@ -169,7 +169,7 @@ def test_v2_prototypes_are_the_banks_centroids_and_the_bank_is_refreshed(digits,
 
 
 def test_v2_learns_features_that_cluster_better_than_the_untrained_network(tmp_path):
-    from nolabel.cluster.deepcluster import evaluate_backbone
+    from nolabel.pretrain.deepcluster import evaluate_backbone
 
     # 60 digits of each class, 6 epochs of v2 at 16 px.
     d = load_digits()
@@ -221,7 +221,7 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     import torch
     from nolabel import distributed
-    from nolabel.cluster.deepcluster import cluster_memory_bank, gather_rows
+    from nolabel.pretrain.deepcluster import cluster_memory_bank, gather_rows
 
     distributed.init()
     bank = np.load(sys.argv[1])

@@ -360,7 +360,7 @@ def test_device_names_resolve_or_fail_clearly():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(NolabelError, match="device must be one of auto, cpu, cuda, got 'gpu'"):
         resolve_device("gpu")
-    with pytest.raises(NolabelError, match="device must be one of"):
+    with pytest.raises(NolabelError, match="device: 'gpu' is not one of auto, cpu, cuda"):
         ScanConfig(device="gpu").validate()
     if not torch.cuda.is_available():
         with pytest.raises(NolabelError, match="no CUDA device is visible"):
@@ -481,15 +481,15 @@ def test_head_chosen_is_the_one_with_the_lowest_dense_total():
 
 
 def test_streamed_head_selection_equals_the_in_memory_one(tmp_path, monkeypatch):
-    from nolabel.cluster import scan
+    from nolabel.cluster.scan import loss, train
 
     x, _ = _blobs(n_per=60)
     nb = mine_neighbors(x, k=8)
     config = ScanConfig(n_clusters=4, n_heads=3, epochs=2, batch_size=60, lr=1e-2)
     in_memory = train_scan_features(x, nb, config, show_progress=False)
     # ImageNet's path: each head predicted to a scratch file in out_dir, scored from it in blocks
-    monkeypatch.setattr(scan, "HEAD_SELECTION_IN_MEMORY_BYTES", 0)
-    monkeypatch.setattr(scan, "LOSS_BLOCK_BYTES", 7 * 4 * 4)
+    monkeypatch.setattr(train, "HEAD_SELECTION_IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(loss, "LOSS_BLOCK_BYTES", 7 * 4 * 4)
     streamed = train_scan_features(x, nb, config, out_dir=tmp_path, show_progress=False)
     assert isinstance(streamed.probabilities, np.memmap) and streamed.probabilities.dtype == np.float32
     np.testing.assert_array_equal(streamed.probabilities, in_memory.probabilities)
@@ -498,7 +498,7 @@ def test_streamed_head_selection_equals_the_in_memory_one(tmp_path, monkeypatch)
         _assert_loss_close(got, want)
     assert not list(tmp_path.glob(".scan-head*"))  # no scratch file left behind
     dense = [_dense_scan_loss(p, nb, config.entropy_weight)["total"]
-             for p in scan._predict(streamed.heads, scan.FeatureInputs(x), len(x), 512, False)]
+             for p in train._predict(streamed.heads, train.FeatureInputs(x), len(x), 512, False)]
     assert streamed.best_head == int(np.argmin(dense))
 
 

@@ -12,17 +12,175 @@ import dataclasses
 import os
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .cluster.deepcluster import DeepClusterConfig
-from .cluster.scan import ScanConfig
-from .cluster.selflabel import SelfLabelConfig
 from .errors import NolabelError
-from .pretrain.simclr import SimCLRConfig
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+# --------------------------------------------------------------------------- training methods
+# Hyper-parameters of the methods that train (SimCLR, DeepCluster, SCAN, self-labeling): declared
+# here, so that reading a configuration imports no training code; each method takes its own.
+
+DEEPCLUSTER_VERSIONS = ("v1", "v2")
+DEEPCLUSTER_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class DeepClusterConfig:
+    """Hyper-parameters of `train_deepcluster`. `None` fields take the version's default."""
+
+    version: str = "v1"
+    model: str = "cnn28"
+    k: int = 100  # v1: k-means clusters (the paper overclusters: 10x the classes); v2: prototypes per head
+    heads: int = 3  # v2: clustering heads, each its own k-means run and frozen prototypes
+    epochs: int = 20
+    epoch_size: int | None = None  # images trained on per epoch (v1: drawn per cluster; v2: a random subset); None: N
+    batch_size: int = 256
+    lr: float = 0.05  # SGD with momentum; v1's paper value
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    schedule: str = "cosine"  # "constant" (the v1 paper) or "cosine" per step (better for short runs)
+    warmup_epochs: float = 0.0
+    pca_dim: int = 256  # v1: PCA components, clamped to min(pca_dim, D, N)
+    kmeans_iter: int | None = None  # None: 20 (v1), 10 (v2)
+    temperature: float = 0.1  # v2: softmax temperature of the prototype logits
+    projection_dim: int = 128  # v2: embedding size
+    image_size: int | None = None  # default: the backbone's input size
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    jitter_p: float | None = None  # None: 0 (v1: crops and flips only), 0.8 (v2: SwAV's colour distortion)
+    grayscale_p: float | None = None  # None: 0 (v1), 0.2 (v2)
+    bf16: bool = False
+    seed: int = 0
+
+    def resolved(self) -> "DeepClusterConfig":
+        """A copy with every version-dependent default filled in, validated."""
+        v1 = self.version == "v1"
+        filled = DeepClusterConfig(**{**asdict(self),
+                                      "kmeans_iter": (20 if v1 else 10) if self.kmeans_iter is None
+                                      else self.kmeans_iter,
+                                      "jitter_p": (0.0 if v1 else 0.8) if self.jitter_p is None else self.jitter_p,
+                                      "grayscale_p": (0.0 if v1 else 0.2) if self.grayscale_p is None
+                                      else self.grayscale_p})
+        filled.crop_scale, filled.jitter = tuple(filled.crop_scale), tuple(filled.jitter)
+        filled.validate()
+        return filled
+
+    def validate(self) -> None:
+        if self.version not in DEEPCLUSTER_VERSIONS:
+            raise NolabelError(f"DeepCluster version must be one of {', '.join(DEEPCLUSTER_VERSIONS)}, got {self.version!r}")
+        if self.schedule not in DEEPCLUSTER_SCHEDULES:
+            raise NolabelError(f"DeepCluster schedule must be one of {', '.join(DEEPCLUSTER_SCHEDULES)}, got {self.schedule!r}")
+        for name in ("k", "heads", "epochs", "batch_size", "pca_dim", "projection_dim"):
+            if getattr(self, name) < 1:
+                raise NolabelError(f"DeepCluster {name} must be a positive integer, got {getattr(self, name)}")
+        if self.k < 2:
+            raise NolabelError(f"DeepCluster needs k >= 2 clusters, got {self.k}")
+        if self.epoch_size is not None and self.epoch_size < self.batch_size:
+            raise NolabelError(f"DeepCluster epoch_size ({self.epoch_size}) must hold at least one batch "
+                               f"({self.batch_size})")
+        if self.kmeans_iter is not None and self.kmeans_iter < 1:
+            raise NolabelError(f"DeepCluster kmeans_iter must be positive, got {self.kmeans_iter}")
+        if self.lr <= 0 or self.temperature <= 0:
+            raise NolabelError(f"DeepCluster lr and temperature must be positive, got {self.lr} and {self.temperature}")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise NolabelError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+
+
+@dataclass
+class SimCLRConfig:
+    """Hyper-parameters of `train_simclr` (SCAN's CIFAR settings, scaled for small data where noted)."""
+
+    model: str = "cnn28"
+    epochs: int = 20
+    batch_size: int = 512
+    lr: float = 0.5  # for batch_size; SGD momentum 0.9, cosine to 0 per step
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    temperature: float = 0.1
+    projection_dim: int = 128
+    image_size: int | None = None  # default: the backbone's input size
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    bf16: bool = False  # bf16 autocast: ~1.5-3x faster convolutions on CPUs with bf16 support
+    seed: int = 0
+    knn_k: int = 200
+    monitor_size: int = 5_000  # images the kNN monitor classifies
+    monitor_bank: int = 20_000  # labelled images it votes with (encoding costs ~1/6 of an epoch of 70k)
+    device: str = "auto"  # cpu, cuda or auto (cuda when a GPU is visible); the backbone returns on the CPU
+
+    def validate(self) -> None:
+        _choice("device", self.device, DEVICES)
+        if self.epochs < 1 or self.batch_size < 2:
+            raise NolabelError(f"SimCLR needs epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
+        if self.lr <= 0 or self.temperature <= 0:
+            raise NolabelError(f"lr and temperature must be positive, got {self.lr} and {self.temperature}")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise NolabelError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+
+
+@dataclass
+class ScanConfig:
+    """Hyper-parameters of SCAN training (defaults: SCAN's CIFAR settings, Adam lr 1e-4 for the
+    whole network; heads on frozen features train with a larger lr)."""
+
+    n_clusters: int = 10
+    n_heads: int = 10
+    entropy_weight: float = 5.0
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    hidden_dim: int = 0
+    num_neighbors: int | None = None  # None: all stored neighbours
+    seed: int = 0
+    bf16: bool = False
+    device: str = "auto"  # cpu, cuda or auto (cuda when a GPU is visible); results come back on the CPU
+
+    def validate(self) -> None:
+        _choice("device", self.device, DEVICES)
+        if self.n_clusters < 2 or self.n_heads < 1 or self.epochs < 1 or self.batch_size < 2:
+            raise NolabelError("SCAN needs n_clusters >= 2, n_heads >= 1, epochs >= 1 and batch_size >= 2, got "
+                               f"{self.n_clusters}, {self.n_heads}, {self.epochs}, {self.batch_size}")
+        if self.entropy_weight < 0 or self.lr <= 0:
+            raise NolabelError(f"entropy_weight must be >= 0 and lr > 0, got {self.entropy_weight}, {self.lr}")
+
+
+@dataclass
+class SelfLabelConfig:
+    """Hyper-parameters (SCAN's defaults: threshold 0.99, Adam lr 1e-4, class balancing on)."""
+
+    threshold: float = 0.99
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    class_balance: bool = True
+    # > 0 adds SCAN's term -entropy_weight * H(mean prediction on the strong views): keeps clusters
+    # that have no confident sample yet from being emptied (0: the paper's loss).
+    entropy_weight: float = 0.0
+    ema_decay: float | None = None  # e.g. 0.999; None: no EMA
+    seed: int = 0
+    bf16: bool = False
+    device: str = "auto"  # cpu, cuda or auto (cuda when a GPU is visible); results come back on the CPU
+
+    def validate(self) -> None:
+        _choice("device", self.device, DEVICES)
+        if not 0 < self.threshold < 1:
+            raise NolabelError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
+            raise NolabelError(f"need epochs >= 1, batch_size >= 2 and lr > 0, got {self.epochs}, "
+                               f"{self.batch_size}, {self.lr}")
 
 
 @dataclass

@@ -12,9 +12,9 @@ import os
 import torch
 import torch.distributed as dist
 
+from .config import DEVICES
 from .errors import NolabelError
 
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def init(backend: str | None = None) -> bool:

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from . import pipeline, store
+from . import store
+from .cluster import pca_kmeans
 from .config import PCAConfig, RunConfig, dump_config, load_config
 from .errors import NolabelError
 from .features import ExtractOptions, extract
@@ -178,7 +179,7 @@ def _same_config(path: Path, cfg: RunConfig) -> bool:
 
 def _deepcluster(job: _Job, folder: Path) -> None:
     """Train cfg.model.name with DeepCluster on the train images; extraction then uses its backbone."""
-    from .cluster.deepcluster import train_deepcluster
+    from .pretrain.deepcluster import train_deepcluster
     from .data import load
 
     cfg = job.cfg
@@ -271,7 +272,7 @@ def _predictions_row(method: str, folder: Path, stores: list[store.FeatureStore]
         return {m: scored[m] for m in SUMMARY_METRICS}
 
     network = cfg.scan.mode == "network"
-    names = pipeline.source_names(stores)
+    names = store.source_names(stores)
     sources = []
     for i, (name, s) in enumerate(zip(names, stores)):
         if i == 0:
@@ -304,10 +305,10 @@ def _extract(job: _Job, family: str, spec: str, folder: Path, model: str, weight
 
 def _cluster(job: _Job, stores: list[store.FeatureStore], folder: Path, method: str) -> dict[str, Any]:
     cfg = job.cfg
-    results = pipeline.cluster_stores(stores[0], stores[1:], folder, pca=_fit_pca_to(cfg.pca, stores[0]),
+    results = pca_kmeans.cluster_stores(stores[0], stores[1:], folder, pca=_fit_pca_to(cfg.pca, stores[0]),
                                       kmeans=cfg.kmeans, evaluate=cfg.evaluate, force=True, progress=job.progress)
     sources = []
-    for name, s in zip(pipeline.source_names(stores), stores):
+    for name, s in zip(store.source_names(stores), stores):
         entry = results[name]
         scored = entry.get("fit_on_eval")
         sources.append({"name": name, "data": s.manifest.get("dataset"), "n": entry["n"],

@@ -156,3 +156,15 @@ def write_store(
         inputs = {**manifest, "content_sha256": content.hexdigest()}
     record.finish(path, "extract", inputs)
     return FeatureStore(path=path, manifest=manifest)
+
+
+def source_names(stores: Sequence[FeatureStore]) -> list[str]:
+    """The `source` name of each store: "train" for the first, then each store's folder name (made unique)."""
+    names = ["train"]
+    for s in stores[1:]:
+        base = s.path.name or "eval"
+        name, i = base, 2
+        while name in names:
+            name, i = f"{base}-{i}", i + 1
+        names.append(name)
+    return names

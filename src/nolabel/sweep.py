@@ -22,7 +22,7 @@ from . import metrics, record
 from .cluster import KMeans, PCA
 from .errors import NolabelError
 from .io import atomic_path, write_json
-from .pipeline import source_names
+from .store import source_names
 from .store import FeatureStore
 
 COLUMNS = ["pca", "k", "seed", "source", "protocol", "acc", "nmi", "ari", "ami", "inertia"]

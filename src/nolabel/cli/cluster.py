@@ -31,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from ..cluster.pca_kmeans import cluster_stores, format_metrics
     from ..config import EvaluateConfig, KMeansConfig, PCAConfig
-    from ..pipeline import cluster_stores, format_metrics
     from ..store import FeatureStore
 
     pca = PCAConfig(n_components=args.pca, whiten=args.whiten, l2_normalize=args.l2, enabled=not args.no_pca)

@@ -45,10 +45,10 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import distributed
-    from ..cluster.deepcluster import DeepClusterConfig, evaluate_backbone, train_deepcluster
     from ..data import load
     from ..io import write_json
     from ..models import list_models
+    from ..pretrain.deepcluster import DeepClusterConfig, evaluate_backbone, train_deepcluster
     from ..training import images_in_memory
 
     config = DeepClusterConfig(

@@ -25,37 +25,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import distributed, record
+from ..config import SelfLabelConfig
 from ..errors import NolabelError
 from ..training import (ModelEMA, TrainingState, cosine_lr, progress, seeded_generator, set_lr, training_inputs,
                         wrap_distributed)
-from .scan import FeatureInputs, ImageInputs, ListHead, _predict, entropy
-
-
-@dataclass
-class SelfLabelConfig:
-    """Hyper-parameters (SCAN's defaults: threshold 0.99, Adam lr 1e-4, class balancing on)."""
-
-    threshold: float = 0.99
-    epochs: int = 50
-    batch_size: int = 256
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    class_balance: bool = True
-    # > 0 adds SCAN's term -entropy_weight * H(mean prediction on the strong views): keeps clusters
-    # that have no confident sample yet from being emptied (0: the paper's loss).
-    entropy_weight: float = 0.0
-    ema_decay: float | None = None  # e.g. 0.999; None: no EMA
-    seed: int = 0
-    bf16: bool = False
-    device: str = "auto"  # cpu, cuda or auto (cuda when a GPU is visible); results come back on the CPU
-
-    def validate(self) -> None:
-        distributed.check_device_name(self.device)
-        if not 0 < self.threshold < 1:
-            raise NolabelError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
-            raise NolabelError(f"need epochs >= 1, batch_size >= 2 and lr > 0, got {self.epochs}, "
-                               f"{self.batch_size}, {self.lr}")
+from .scan.heads import ListHead
+from .scan.loss import entropy
+from .scan.train import FeatureInputs, ImageInputs, _predict
 
 
 @dataclass
@@ -258,7 +234,7 @@ def run_selflabel(scan_dir: str | Path, out_dir: str | Path, *, features: str | 
 
     Network mode rebuilds `model` with the backbone weights SCAN saved in scan.pt."""
     from ..io import read_json, save_npy, sha256_file, write_json
-    from .scan import _labelled_metrics, apply_stage_pca, load_scan, load_stage_inputs, stage_source
+    from .scan.stage import _labelled_metrics, apply_stage_pca, load_scan, load_stage_inputs, stage_source
 
     scan_dir, out = Path(scan_dir), Path(out_dir)
     config = config or SelfLabelConfig()

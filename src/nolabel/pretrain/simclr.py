@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from .. import distributed, record
 from ..augment import SimCLRAugment, to_float_images
+from ..config import SimCLRConfig
 from ..errors import NolabelError
 from ..io import write_json
 from ..training import (TrainingState, begin_training, cosine_lr, encode, network_input, progress, seeded_generator,
@@ -77,41 +78,6 @@ def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tenso
         votes = torch.zeros(len(q), n_classes).scatter_add_(1, train_labels[idx], (sim / temperature).exp())
         preds.append(votes.argmax(1))
     return torch.cat(preds)
-
-
-@dataclass
-class SimCLRConfig:
-    """Hyper-parameters of `train_simclr` (SCAN's CIFAR settings, scaled for small data where noted)."""
-
-    model: str = "cnn28"
-    epochs: int = 20
-    batch_size: int = 512
-    lr: float = 0.5  # for batch_size; SGD momentum 0.9, cosine to 0 per step
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    temperature: float = 0.1
-    projection_dim: int = 128
-    image_size: int | None = None  # default: the backbone's input size
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    bf16: bool = False  # bf16 autocast: ~1.5-3x faster convolutions on CPUs with bf16 support
-    seed: int = 0
-    knn_k: int = 200
-    monitor_size: int = 5_000  # images the kNN monitor classifies
-    monitor_bank: int = 20_000  # labelled images it votes with (encoding costs ~1/6 of an epoch of 70k)
-    device: str = "auto"  # cpu, cuda or auto (cuda when a GPU is visible); the backbone returns on the CPU
-
-    def validate(self) -> None:
-        distributed.check_device_name(self.device)
-        if self.epochs < 1 or self.batch_size < 2:
-            raise NolabelError(f"SimCLR needs epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
-        if self.lr <= 0 or self.temperature <= 0:
-            raise NolabelError(f"lr and temperature must be positive, got {self.lr} and {self.temperature}")
-        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            raise NolabelError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
 
 
 @dataclass

@@ -28,13 +28,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import __version__, metrics, record
-from .cluster import KMeans, PCA
-from .cluster._faiss import import_faiss
-from .config import EvaluateConfig, KMeansConfig, PCAConfig
-from .errors import NolabelError
-from .io import atomic_path, read_json, save_npy, write_json
-from .store import FeatureStore
+from .. import __version__, metrics, record
+from ..config import EvaluateConfig, KMeansConfig, PCAConfig
+from ..errors import NolabelError
+from ..io import atomic_path, read_json, save_npy, write_json
+from ..store import FeatureStore, source_names
+from ._faiss import import_faiss
+from .kmeans import KMeans
+from .pca import PCA
 
 RUN_JSON = "run.json"
 STAGE = "cluster"
@@ -153,18 +154,6 @@ def format_metrics(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def source_names(stores: Sequence[FeatureStore]) -> list[str]:
-    """The `source` name of each store: "train" for the first, then each store's folder name (made unique)."""
-    names = ["train"]
-    for s in stores[1:]:
-        base = s.path.name or "eval"
-        name, i = base, 2
-        while name in names:
-            name, i = f"{base}-{i}", i + 1
-        names.append(name)
-    return names
-
-
 def _write_assignments(out: Path, names, stores, assignments) -> None:
     with atomic_path(out / "assignments.csv") as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -204,7 +193,7 @@ def _score(names, stores, assignments, evaluate: EvaluateConfig) -> dict[str, An
 
 
 def _score_objectnet(store: FeatureStore, pred, train_pred, train_labels, evaluate) -> dict[str, Any]:
-    from .data import load
+    from ..data import load
 
     dataset = load(store.manifest["dataset"])
     correspondence = dataset.imagenet_class_indices  # objectnet label -> ImageNet class indices

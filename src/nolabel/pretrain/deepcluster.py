@@ -58,82 +58,18 @@ import torch.nn.functional as F
 
 from .. import distributed, record
 from ..augment import SimCLRAugment, to_float_images
+from ..cluster.kmeans import KMeans
+from ..cluster.pca import PCA
+from ..config import DeepClusterConfig
 from ..errors import NolabelError
 from ..io import save_npy, write_json
 from ..metrics import evaluate, nmi
 from ..training import (TrainingState, begin_training, cosine_lr, encode, network_input, progress, seeded_generator,
                         set_lr, training_inputs, wrap_distributed)
-from .kmeans import KMeans
-from .pca import PCA
 
-VERSIONS = ("v1", "v2")
-SCHEDULES = ("constant", "cosine")
 # The classifier layer's initial weights, N(0, TOP_LAYER_STD^2): small, so a fresh layer starts near
 # uniform predictions over the new clusters.
 TOP_LAYER_STD = 0.01
-
-
-@dataclass
-class DeepClusterConfig:
-    """Hyper-parameters of `train_deepcluster`. `None` fields take the version's default."""
-
-    version: str = "v1"
-    model: str = "cnn28"
-    k: int = 100  # v1: k-means clusters (the paper overclusters: 10x the classes); v2: prototypes per head
-    heads: int = 3  # v2: clustering heads, each its own k-means run and frozen prototypes
-    epochs: int = 20
-    epoch_size: int | None = None  # images trained on per epoch (v1: drawn per cluster; v2: a random subset); None: N
-    batch_size: int = 256
-    lr: float = 0.05  # SGD with momentum; v1's paper value
-    momentum: float = 0.9
-    weight_decay: float = 1e-5
-    schedule: str = "cosine"  # "constant" (the v1 paper) or "cosine" per step (better for short runs)
-    warmup_epochs: float = 0.0
-    pca_dim: int = 256  # v1: PCA components, clamped to min(pca_dim, D, N)
-    kmeans_iter: int | None = None  # None: 20 (v1), 10 (v2)
-    temperature: float = 0.1  # v2: softmax temperature of the prototype logits
-    projection_dim: int = 128  # v2: embedding size
-    image_size: int | None = None  # default: the backbone's input size
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    flip_p: float = 0.5
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
-    jitter_p: float | None = None  # None: 0 (v1: crops and flips only), 0.8 (v2: SwAV's colour distortion)
-    grayscale_p: float | None = None  # None: 0 (v1), 0.2 (v2)
-    bf16: bool = False
-    seed: int = 0
-
-    def resolved(self) -> "DeepClusterConfig":
-        """A copy with every version-dependent default filled in, validated."""
-        v1 = self.version == "v1"
-        filled = DeepClusterConfig(**{**asdict(self),
-                                      "kmeans_iter": (20 if v1 else 10) if self.kmeans_iter is None
-                                      else self.kmeans_iter,
-                                      "jitter_p": (0.0 if v1 else 0.8) if self.jitter_p is None else self.jitter_p,
-                                      "grayscale_p": (0.0 if v1 else 0.2) if self.grayscale_p is None
-                                      else self.grayscale_p})
-        filled.crop_scale, filled.jitter = tuple(filled.crop_scale), tuple(filled.jitter)
-        filled.validate()
-        return filled
-
-    def validate(self) -> None:
-        if self.version not in VERSIONS:
-            raise NolabelError(f"DeepCluster version must be one of {', '.join(VERSIONS)}, got {self.version!r}")
-        if self.schedule not in SCHEDULES:
-            raise NolabelError(f"DeepCluster schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        for name in ("k", "heads", "epochs", "batch_size", "pca_dim", "projection_dim"):
-            if getattr(self, name) < 1:
-                raise NolabelError(f"DeepCluster {name} must be a positive integer, got {getattr(self, name)}")
-        if self.k < 2:
-            raise NolabelError(f"DeepCluster needs k >= 2 clusters, got {self.k}")
-        if self.epoch_size is not None and self.epoch_size < self.batch_size:
-            raise NolabelError(f"DeepCluster epoch_size ({self.epoch_size}) must hold at least one batch "
-                               f"({self.batch_size})")
-        if self.kmeans_iter is not None and self.kmeans_iter < 1:
-            raise NolabelError(f"DeepCluster kmeans_iter must be positive, got {self.kmeans_iter}")
-        if self.lr <= 0 or self.temperature <= 0:
-            raise NolabelError(f"DeepCluster lr and temperature must be positive, got {self.lr} and {self.temperature}")
-        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            raise NolabelError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
 
 
 @dataclass
@@ -265,7 +201,7 @@ def train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClust
     last epoch's duration) more than `max_seconds` after this call began; a later call resumes.
     """
     from ..models import create, save_checkpoint
-    from ..pretrain.simclr import ProjectionHead
+    from .simclr import ProjectionHead
 
     config = (config or DeepClusterConfig()).resolved()
     out_dir = Path(out_dir)

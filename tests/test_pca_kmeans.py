@@ -13,7 +13,7 @@ from nolabel.cli import main
 from nolabel.config import EvaluateConfig, KMeansConfig, PCAConfig
 from nolabel.errors import NolabelError
 from nolabel import record
-from nolabel.pipeline import cluster_stores, stage_settings
+from nolabel.cluster.pca_kmeans import cluster_stores, stage_settings
 from nolabel.store import write_store
 from nolabel.sweep import sweep
 

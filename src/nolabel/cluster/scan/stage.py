@@ -1,0 +1,316 @@
+"""The SCAN stage from files: mine neighbours, train, keep the result; predict new images.
+
+`run_scan` is what `nolabel scan` and `nolabel run` call; `predict_scan` assigns new features or
+images under a finished stage's kept (or self-labeled) head.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ... import distributed, record
+from ...config import ScanConfig
+from ...errors import NolabelError
+from .heads import ListHead
+from .train import FeatureInputs, ImageInputs, _json, _predict, load_scan, train_scan_features, train_scan_network
+
+
+def _labelled_metrics(predictions: np.ndarray, labels: np.ndarray | None) -> dict[str, Any] | None:
+    from ...metrics import evaluate
+
+    if labels is None or not (np.asarray(labels) >= 0).any():
+        return None
+    known = np.asarray(labels) >= 0
+    return evaluate(predictions[known], np.asarray(labels)[known])
+
+
+def load_stage_inputs(features: str | Path | None, augmented: list[str | Path] | tuple = (), data: str | None = None,
+                      model: str | None = None, weights: str | Path | None = None, image_size: int | None = None,
+                      backbone_state: dict | None = None) -> dict[str, Any]:
+    """What a SCAN or self-labeling stage trains on, from files.
+
+    Frozen mode (`features` given): the FeatureStore's (N, D) features as float32, its labels, and the
+    (V, N, D) features of the augmented-view stores. Network mode (`data` and `model`): the dataset's
+    images in memory and the backbone (`weights` file, or a saved `backbone_state`).
+    """
+    from ...store import FeatureStore
+
+    if (features is None) == (data is None):
+        raise NolabelError("give either --features (heads on frozen features) or --data and --model (whole network)")
+    if features is not None:
+        store = FeatureStore.open(features)
+        x = np.asarray(store.features, dtype=np.float32)
+        views = [np.asarray(FeatureStore.open(a).features, dtype=np.float32) for a in augmented]
+        for path, v in zip(augmented, views):
+            if v.shape != x.shape:
+                raise NolabelError(f"{path}: augmented features of shape {v.shape} do not match "
+                                   f"{x.shape} of {features}")
+        return {"mode": "features", "features": x, "augmented": np.stack(views) if views else None,
+                "labels": store.labels if store.has_labels else None}
+    from ...data import load
+    from ...models import create
+    from ...training import images_in_memory
+
+    if model is None:
+        raise NolabelError("network mode needs --model NAME (and usually --weights from `nolabel pretrain simclr`)")
+    backbone = create(model, weights=weights, pretrained=weights is None and backbone_state is None)
+    if backbone_state is not None:
+        backbone.load_state_dict(backbone_state)
+    dataset = load(data)
+    size = image_size or backbone.input_size
+    return {"mode": "network", "images": images_in_memory(dataset, size), "backbone": backbone,
+            "image_size": size, "labels": dataset.labels if (dataset.labels >= 0).any() else None}
+
+
+def predict_scan(scan_dir: str | Path, *, features: str | Path | None = None, data: str | None = None,
+                 image_size: int | None = None, selflabel_dir: str | Path | None = None, batch_size: int = 512,
+                 device: str = "auto") -> np.ndarray:
+    """Cluster probabilities (N, K) of new images under a finished SCAN stage's kept head, or under
+    its self-labeled version (`selflabel_dir`, a `run_selflabel` output made from `scan_dir`).
+
+    Frozen-features SCAN takes `features`, a FeatureStore of the same backbone (SCAN's PCA, if any,
+    is applied); whole-network SCAN takes `data`, a dataset spec run through the backbone it trained.
+    """
+    from ...io import read_json
+
+    scan_dir = Path(scan_dir)
+    heads, best, saved = load_scan(scan_dir / "scan.pt")
+    backbone_state = saved["modules"].get("backbone")
+    if (features is None) == (data is None):
+        raise NolabelError("give either features (frozen-features SCAN) or data (whole-network SCAN)")
+    if (backbone_state is None) != (features is not None):
+        raise NolabelError(f"{scan_dir}: SCAN ran {'on frozen features' if backbone_state is None else 'on the whole network'};"
+                           f" predict from {'features' if backbone_state is None else 'data (images)'}")
+    inputs = load_stage_inputs(features, (), data, saved["meta"].get("model"), None, image_size, backbone_state)
+    inputs = apply_stage_pca(scan_dir, inputs)
+    head = heads.single(best)
+    body = head if inputs["mode"] == "features" else nn.Sequential(inputs["backbone"], head)
+    model = ListHead(body)
+    skipped = selflabel_dir is not None and (Path(selflabel_dir) / "selflabel.json").is_file() and \
+        read_json(Path(selflabel_dir) / "selflabel.json").get("skipped")
+    if selflabel_dir is not None and not skipped:  # a skipped self-labeling kept the SCAN head as it was
+        path = Path(selflabel_dir) / "selflabel.pt"
+        if not path.is_file():
+            raise NolabelError(f"{path}: self-labeling checkpoint not found; run `nolabel selflabel` first")
+        trained = torch.load(path, map_location="cpu", weights_only=True)
+        if trained.get("format") != "nolabel-selflabel":
+            raise NolabelError(f"{path}: not a self-labeling checkpoint written by nolabel")
+        modules = trained["modules"]
+        if "ema" in modules:  # the averaged weights are the ones self-labeling predicted with
+            model.load_state_dict(modules["ema"])
+        else:
+            head.load_state_dict(modules["head"])
+            if "backbone" in modules:
+                inputs["backbone"].load_state_dict(modules["backbone"])
+    if inputs["mode"] == "features":
+        source = FeatureInputs(inputs["features"])
+    else:
+        from ...training import network_input
+
+        source = ImageInputs(inputs["images"], network_input(inputs["backbone"], inputs["image_size"]), None)
+    model.to(distributed.resolve_device(device))
+    try:
+        return _predict(model, source, source.n, batch_size, bf16=False)[0]
+    finally:
+        model.to("cpu")
+
+
+def write_augmented_views(data: str, model: str, out_dir: str | Path, *, kind: str = "strong", n_views: int = 2,
+                          weights: str | Path | None = None, image_size: int | None = None, bf16: bool = False,
+                          seed: int = 0, batch_size: int = 256, show_progress: bool = True) -> list[Path]:
+    """Features of `n_views` random augmented views of every image, one FeatureStore per view
+    (`out_dir/view0`, ...), for SCAN and self-labeling on frozen features (`augmented=` of `run_scan`,
+    `run_selflabel`). kind: "weak" (flip + translation) or "strong" (weak + 4 RandAugment-style ops +
+    Cutout). Finished views are kept (resumable) while their record matches the request - the
+    images by content, the weights by hash, the augmentation, seed and precision; a view computed
+    from anything else is recomputed, with a message."""
+    from ...augment import StrongAugment, WeakAugment
+    from ...data import load
+    from ...models import create
+    from ...pretrain.simclr import extract_features
+    from ...store import FeatureStore, is_complete, write_store
+    from ...training import images_in_memory
+
+    augments = {"weak": WeakAugment, "strong": StrongAugment}
+    if kind not in augments:
+        raise NolabelError(f"augmented view kind must be one of {sorted(augments)}, got {kind!r}")
+    backbone = create(model, weights=weights).eval()
+    dataset = load(data)
+    data_fingerprint = dataset.fingerprint()
+    size = image_size or backbone.input_size
+    images = images_in_memory(dataset, size)
+    out = Path(out_dir)
+    paths = []
+    for v in range(n_views):
+        path = out / f"view{v}"
+        paths.append(path)
+        wanted = {"data": data, "data_fingerprint": data_fingerprint, "model": model,
+                  "weights_sha256": getattr(backbone.load_report, "sha256", None), "image_size": size,
+                  "augmentation": kind, "view": v, "seed": seed, "bf16": bf16, "batch_size": batch_size}
+        previous = record.read(path)
+        if is_complete(path) and previous is not None and previous["fingerprint"] == record.fingerprint(wanted):
+            continue
+        if previous is not None:
+            changed = ", ".join(record.differences(previous["inputs"], wanted))
+            print(f"{path}: stored {kind} view differs in {changed}; recomputing it", flush=True)
+        generator = torch.Generator().manual_seed(seed * 1000 + v)
+        feats = extract_features(backbone, images, size, batch_size, bf16, show_progress, augments[kind](), generator)
+        write_store(path, feats, dataset.labels, dataset.item_names,
+                    {**wanted, "weights": str(weights) if weights else None}, inputs=wanted)
+    return [FeatureStore.open(p).path for p in paths]
+
+
+PCA_FILE = "pca.npz"
+NEIGHBORS_RECORD = "neighbors.record.json"
+
+
+def project_inputs(inputs: dict[str, Any], pca: Any) -> dict[str, Any]:
+    """Frozen-mode stage inputs (`load_stage_inputs`) with the clean (N, D) and augmented (V, N, D)
+    features projected by a fitted `nolabel.cluster.pca.PCA` to (N, d) and (V, N, d)."""
+    if pca.components_.shape[1] != inputs["features"].shape[1]:
+        raise NolabelError(f"the stage's PCA expects {pca.components_.shape[1]}-d features, "
+                           f"got {inputs['features'].shape[1]}-d")
+    augmented = inputs["augmented"]
+    return {**inputs, "features": pca.transform(inputs["features"]),
+            "augmented": None if augmented is None else np.stack([pca.transform(v) for v in augmented])}
+
+
+def apply_stage_pca(scan_dir: str | Path, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Frozen-mode inputs through the PCA a SCAN stage in `scan_dir` fitted (as they are without one)."""
+    path = Path(scan_dir) / PCA_FILE
+    if inputs["mode"] != "features" or not path.exists():
+        return inputs
+    from ..pca import PCA
+
+    return project_inputs(inputs, PCA.load(path))
+
+
+def _stage_pca(out: Path, inputs: dict[str, Any], n_components: int | None, refit: bool) -> dict[str, Any]:
+    """PCA before the heads (frozen mode): fitted on the clean features, saved as `out/pca.npz` for
+    self-labeling and reused when an interrupted run resumes (`refit`: the stage starts over, so a
+    saved PCA belongs to other inputs). MLP heads on all 3,880 dimensions of
+    `efficientnet_lite0_multilevel` would cost a CPU many times more per step than on 256."""
+    from ..pca import PCA
+
+    path = out / PCA_FILE
+    if n_components is None:
+        if path.exists():  # from an earlier run of this folder with PCA: it must not reach self-labeling
+            path.unlink()
+        return inputs
+    n, dim = inputs["features"].shape
+    if n_components > min(n, dim):
+        raise NolabelError(f"PCA to {n_components} dimensions: the features have {n} rows of width {dim}; "
+                           f"ask for at most {min(n, dim)}")
+    pca = PCA.load(path) if path.exists() and not refit else None
+    if pca is None or pca.components_.shape != (n_components, dim):
+        pca = PCA(n_components).fit(inputs["features"])
+        if distributed.is_main():
+            out.mkdir(parents=True, exist_ok=True)
+            pca.save(path)
+    return project_inputs(inputs, pca)
+
+
+def stage_source(features: str | Path | None, augmented: list[str | Path] | tuple = (), data: str | None = None,
+                 model: str | None = None, weights: str | Path | None = None, image_size: int | None = None
+                 ) -> dict[str, Any]:
+    """What a SCAN or self-labeling stage reads, for its record, without loading it: the feature
+    stores by fingerprint (frozen mode), or the images by content and the backbone by name and
+    weights hash (network mode)."""
+    from ...store import FeatureStore
+
+    if features is not None:
+        return {"mode": "features", "features": FeatureStore.open(features).fingerprint,
+                "views": [FeatureStore.open(a).fingerprint for a in augmented]}
+    from ...data import load
+    from ...io import sha256_file
+
+    if data is None:
+        raise NolabelError("give either --features (heads on frozen features) or --data and --model (whole network)")
+    return {"mode": "network", "data": data, "data_fingerprint": load(data).fingerprint(), "model": model,
+            "weights_sha256": sha256_file(weights) if weights else None, "image_size": image_size}
+
+
+def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augmented: list[str | Path] | tuple = (),
+             data: str | None = None, model: str | None = None, weights: str | Path | None = None,
+             image_size: int | None = None, num_neighbors: int = 20, pca_components: int | None = None,
+             config: ScanConfig | None = None, force: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """The SCAN stage from files: mine neighbours, train, and write into `out_dir`: neighbors.npy,
+    scan.pt, probabilities.npy (N, K), predictions.npy (N,), scan.json (chosen head, per-head
+    losses, neighbour purity and metrics when labels exist) and, last, record.json.
+
+    A result finished in `out_dir` from the same inputs and settings is returned as it is; an
+    unfinished one resumes; one made from others is replaced only with `force`. Neighbours have
+    their own record (neighbors.record.json): they are reused, even by a replaced stage, only when
+    mined from the same features (and PCA) with the same count.
+
+    pca_components: frozen mode only; project the features (and augmented views) to this many PCA
+    dimensions before mining neighbours and training the heads (the PCA is saved as pca.npz and
+    self-labeling applies it too). Returns scan.json's content."""
+    from ...io import read_json, save_npy, write_json
+    from ..neighbors import load_neighbors, mine_neighbors, neighbor_purity, save_neighbors
+
+    out = Path(out_dir)
+    config = config or ScanConfig()
+    config.validate()
+    distributed.resolve_device(config.device)  # a missing GPU fails here, before any file is written
+    if pca_components is not None and (data is not None or pca_components < 1):
+        raise NolabelError("PCA before the heads takes a number of dimensions >= 1 and applies to frozen "
+                           f"features (--features) only; got {pca_components} with "
+                           f"{'--data (whole network)' if data is not None else '--features'}")
+    source = stage_source(features, augmented, data, model, weights, image_size)
+    stage_inputs = {**source, "pca": pca_components, "num_neighbors": num_neighbors,
+                    "config": record.without(asdict(config), "device")}
+    status = record.begin(out, "scan", stage_inputs, force=force, what="a SCAN result")
+    if status is record.DONE:
+        return read_json(out / "scan.json")
+    if status is record.START:  # a training state here belongs to other inputs
+        (out / "scan_state.pt").unlink(missing_ok=True)
+    inputs = load_stage_inputs(features, augmented, data, model, weights, image_size)
+    started = time.perf_counter()
+    inputs = _stage_pca(out, inputs, pca_components, refit=status is record.START)
+    if inputs["mode"] == "features":
+        base = inputs["features"]
+    else:
+        from ...pretrain.simclr import extract_features
+
+        base = extract_features(inputs["backbone"], inputs["images"], inputs["image_size"], bf16=config.bf16)
+    # Neighbours keep a record of their own: reused only when mined in the same space, as many.
+    nb_inputs = {"space": {k: v for k, v in source.items() if k != "views"}, "pca": pca_components,
+                 "bf16": config.bf16 if inputs["mode"] == "network" else None, "k": num_neighbors}
+    nb_path = out / "neighbors.npy"
+    if record.is_done(out, nb_inputs, name=NEIGHBORS_RECORD):
+        neighbors = load_neighbors(nb_path, n=len(base))
+    else:
+        neighbors = mine_neighbors(base, k=num_neighbors)
+        if distributed.is_main():
+            save_neighbors(nb_path, neighbors)
+            record.finish(out, "neighbors", nb_inputs, name=NEIGHBORS_RECORD)
+    mined = time.perf_counter() - started
+    labels = inputs["labels"]
+    if inputs["mode"] == "features":
+        result = train_scan_features(base, neighbors, config, inputs["augmented"], out, show_progress)
+    else:
+        result = train_scan_network(inputs["images"], inputs["backbone"], neighbors, config,
+                                    image_size=inputs["image_size"], out_dir=out, show_progress=show_progress)
+    summary = {
+        "mode": inputs["mode"], "n": int(len(base)), "num_neighbors": int(neighbors.shape[1]),
+        "augmented_views": 0 if inputs.get("augmented") is None else len(inputs["augmented"]),
+        "pca_components": pca_components,
+        "neighbor_purity": neighbor_purity(neighbors, labels) if labels is not None else None,
+        "best_head": result.best_head, "head_losses": result.head_losses,
+        "metrics": _labelled_metrics(result.predictions, labels),
+        "seconds": {"neighbors": mined, "train": result.seconds},
+        "config": _json(config),
+    }
+    if distributed.is_main():
+        save_npy(out / "probabilities.npy", result.probabilities.astype(np.float32))
+        save_npy(out / "predictions.npy", result.predictions.astype(np.int64))
+        write_json(out / "scan.json", summary)
+    record.finish(out, "scan", stage_inputs)
+    return summary
