@@ -51,11 +51,11 @@ EVAL_RESERVE_MINUTES = 3.0
 PCA_DIM = 32
 PRESETS = {
     # The paper's recipe, overclustered (k = 10x classes) against collapse, with a cosine schedule.
-    "v1": dict(version="v1", k=100, batch_size=256, lr=0.05, crop_scale=(0.3, 1.0), pca_dim=PCA_DIM),
+    "v1": dict(version="v1", n_clusters=100, batch_size=256, lr=0.05, crop_scale=(0.3, 1.0), pca_dim=PCA_DIM),
     # DeepCluster-v2: 3 heads of spherical k-means, frozen prototypes, temperature 0.1, 2 views. Every
     # epoch passes over all images, so the whole memory bank is refreshed (see the report in
     # results/deepcluster_fashion_mnist.json for the runs that did not).
-    "v2": dict(version="v2", k=100, heads=3, batch_size=256, lr=0.05, crop_scale=(0.3, 1.0), pca_dim=PCA_DIM),
+    "v2": dict(version="v2", n_clusters=100, heads=3, batch_size=256, lr=0.05, crop_scale=(0.3, 1.0), pca_dim=PCA_DIM),
 }
 
 # Measured while building this benchmark (run folders kept under runs/deepcluster-bench/); written into
@@ -116,7 +116,7 @@ def method_name(version: str, k: int) -> str:
 
 def row_name(version: str, args) -> str:
     """The row's key: the version, with the k it overrides (e.g. "v1-k10" for the collapse ablation)."""
-    return version if args.k is None or args.k == PRESETS[version]["k"] else f"{version}-k{args.k}"
+    return version if args.k is None or args.k == PRESETS[version]["n_clusters"] else f"{version}-k{args.k}"
 
 
 def run_version(version: str, args, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -125,9 +125,9 @@ def run_version(version: str, args, images: np.ndarray, labels: np.ndarray) -> d
     budget_s = args.budget_minutes * 60
     train_budget_s = budget_s - min(EVAL_RESERVE_MINUTES * 60, budget_s / 4)
     plan_file = work / "plan.json"
-    preset = {**PRESETS[version], "bf16": not args.fp32, "epoch_size": args.epoch_size, "seed": args.seed}
+    preset = {**PRESETS[version], "bf16": not args.fp32, "epoch_size": args.epoch_size, "random_state": args.seed}
     if args.k:
-        preset["k"] = args.k
+        preset["n_clusters"] = args.k
     if plan_file.exists():
         plan = read_json(plan_file)
     else:
@@ -148,7 +148,7 @@ def run_version(version: str, args, images: np.ndarray, labels: np.ndarray) -> d
     eval_seconds = time.perf_counter() - start
     last = result.history[-1]
     return {
-        "method": method_name(version, config.k),
+        "method": method_name(version, config.n_clusters),
         "version": version,
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config.resolved()).items()},
         "epochs_planned": plan["epochs"], "epochs_done": len(result.history),
@@ -160,7 +160,7 @@ def run_version(version: str, args, images: np.ndarray, labels: np.ndarray) -> d
         "torch_threads": torch.get_num_threads(),
         "acc": metrics["acc"], "nmi": metrics["nmi"], "ami": metrics["ami"], "ari": metrics["ari"],
         "acc_majority": metrics["acc_majority"],
-        "last_epoch_clustering": {"k": config.k, **last.get("vs_labels", {})},
+        "last_epoch_clustering": {"k": config.n_clusters, **last.get("vs_labels", {})},
         "history": result.history,
     }
 

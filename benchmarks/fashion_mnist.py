@@ -268,13 +268,13 @@ def run_family(images: np.ndarray, labels: np.ndarray, family: Family, cache: Pa
         scan_dir = cache / f"{prefix}_scan_{tag}_seed{seed}"
         sl_dir = cache / f"{prefix}_selflabel_{tag}_seed{seed}"
         scan_cached, sl_cached = (scan_dir / "scan.pt").exists(), (sl_dir / "selflabel.pt").exists()
-        config = replace(family.scan, seed=seed)
+        config = replace(family.scan, random_state=seed)
         result = train_scan_features(inputs, neighbors, config, augmented=scan_views, out_dir=scan_dir,
                                      show_progress=True)
         scan_runs.append(scores(result.predictions, labels))
         scan_times.append(_stage_time(timer, f"{prefix}/scan_seed{seed}", result.seconds, scan_cached))
         head = result.heads.single(result.best_head)
-        sl = train_selflabel_features(inputs, head, result.probabilities, replace(family.selflabel, seed=seed),
+        sl = train_selflabel_features(inputs, head, result.probabilities, replace(family.selflabel, random_state=seed),
                                       augmented=head_inputs(strong), out_dir=sl_dir,
                                       show_progress=True)
         sl_runs.append(scores(sl.predictions, labels))

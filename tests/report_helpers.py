@@ -112,7 +112,7 @@ def cluster_run(run_dir: Path, stores, k: int, name: str = "test-run", method: s
 
     cluster_dir = run_dir / "cluster"
     results = cluster_stores(stores[0], stores[1:], cluster_dir, pca=PCAConfig(n_components=pca_components),
-                             kmeans=KMeansConfig(k=k, max_iter=20), progress=False)
+                             kmeans=KMeansConfig(n_clusters=k, max_iter=20), progress=False)
     sources = []
     for source_name, entry in results.items():
         if source_name.startswith("_"):

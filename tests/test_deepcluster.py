@@ -26,7 +26,7 @@ def digits():
 
 
 def tiny(version, **overrides):
-    base = dict(version=version, k=8, epochs=1, batch_size=64, lr=0.05, seed=3)
+    base = dict(version=version, n_clusters=8, epochs=1, batch_size=64, lr=0.05, random_state=3)
     return DeepClusterConfig(**{**base, **overrides})
 
 
@@ -154,14 +154,14 @@ def test_v2_prototypes_are_the_banks_centroids_and_the_bank_is_refreshed(digits,
     prototypes = torch.load(tmp_path / "backbone.pt", weights_only=True)["heads"]["prototypes"]["prototypes"]
     # The initial bank: one pass of the untrained network (BatchNorm on batch statistics), rebuilt
     # here from the same seed.
-    seeded_generator(config.seed)
+    seeded_generator(config.random_state)
     fresh = create(config.model, pretrained=False).to(memory_format=torch.channels_last)
     head = ProjectionHead(fresh.feature_dim, fresh.feature_dim, config.projection_dim)
     network = torch.nn.Sequential(fresh, head).train()
     embeddings = encode(lambda x: network(x), images, network_input(fresh))
     initial_bank = torch.nn.functional.normalize(torch.from_numpy(embeddings), dim=1).numpy()
     # The epoch trained against frozen prototypes: exactly the k-means centroids of that bank.
-    expected, _ = cluster_memory_bank(initial_bank, config.k, config.heads, config.kmeans_iter, seed=config.seed * 1000)
+    expected, _ = cluster_memory_bank(initial_bank, config.n_clusters, config.heads, config.kmeans_iter, seed=config.random_state * 1000)
     np.testing.assert_allclose(prototypes.numpy(), expected, rtol=0, atol=1e-6)
     # Training wrote every visited image's new embedding into the bank (4 batches of 64 cover all 256).
     bank = torch.load(tmp_path / "state.pt", weights_only=True)["bank"].numpy()
@@ -176,13 +176,13 @@ def test_v2_learns_features_that_cluster_better_than_the_untrained_network(tmp_p
     keep = np.concatenate([np.flatnonzero(d.target == c)[:60] for c in range(10)])
     images = (d.images[keep] * (255 / 16)).round().astype(np.uint8)
     labels = d.target[keep].astype(np.int64)
-    config = DeepClusterConfig(version="v2", k=30, heads=2, epochs=6, batch_size=32, lr=0.1, schedule="constant",
-                               image_size=16, crop_scale=(0.3, 1.0), flip_p=0.0, seed=0)
+    config = DeepClusterConfig(version="v2", n_clusters=30, heads=2, epochs=6, batch_size=32, lr=0.1, schedule="constant",
+                               image_size=16, crop_scale=(0.3, 1.0), flip_p=0.0, random_state=0)
 
     def nmi_of(backbone):  # the library's protocol: eval-mode features, whitened PCA, L2, k-means K=10
         return evaluate_backbone(backbone, images, labels, k=10, n_init=10, image_size=16)[1]["nmi"]
 
-    seeded_generator(config.seed)  # as train_deepcluster does before it builds the network
+    seeded_generator(config.random_state)  # as train_deepcluster does before it builds the network
     untrained = nmi_of(create(config.model, pretrained=False))
     trained = nmi_of(train_deepcluster(images, tmp_path, config, show_progress=False).backbone)
     # Measured, seeds 0-4 (untrained -> trained): 0.173 -> 0.406, 0.211 -> 0.431, 0.193 -> 0.375,
@@ -208,8 +208,8 @@ def test_cli_trains_and_evaluates(tmp_path, capsys):
 def test_config_errors_are_clear():
     with pytest.raises(NolabelError, match="version"):
         DeepClusterConfig(version="v3").resolved()
-    with pytest.raises(NolabelError, match="k >= 2"):
-        DeepClusterConfig(k=1).resolved()
+    with pytest.raises(NolabelError, match="n_clusters >= 2"):
+        DeepClusterConfig(n_clusters=1).resolved()
     assert DeepClusterConfig(version="v2").resolved().kmeans_iter == 10
     assert DeepClusterConfig(version="v1").resolved().jitter_p == 0.0
 

@@ -71,12 +71,12 @@ def _data(tmp_path):
     # self-labeling: rows 0..63 of 3 classes; the rows the seeded order hands to rank 1 are all zeros
     y = np.arange(64) % 3
     x2 = np.eye(3, dtype=np.float32)[y] * 2
-    order = torch.randperm(64, generator=torch.Generator().manual_seed(SELFLABEL.seed)).numpy()
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(SELFLABEL.random_state)).numpy()
     x2[order[32:]] = 0
     with torch.no_grad():
         p2 = torch.softmax(head_for(y)(torch.from_numpy(x2)), 1).numpy()
     assert (p2[order[:32]].max(1) > SELFLABEL.threshold).all() and (p2[order[32:]].max(1) < 0.5).all()
-    data = {"x": x, "aug": aug, "nb": mine_neighbors(x, k=8), "x2": x2, "p2": p2, "y": y}
+    data = {"x": x, "aug": aug, "nb": mine_neighbors(x, n_neighbors=8), "x2": x2, "p2": p2, "y": y}
     np.savez(tmp_path / "data.npz", **data)
     return data
 

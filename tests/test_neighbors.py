@@ -13,7 +13,7 @@ def _features(n=300, d=16, seed=0):
 
 def test_matches_brute_force_cosine_neighbours_of_sklearn():
     x = _features()
-    ours = mine_neighbors(x, k=7)
+    ours = mine_neighbors(x, n_neighbors=7)
     ref = NearestNeighbors(n_neighbors=8, metric="cosine", algorithm="brute").fit(x).kneighbors(x)[1][:, 1:]
     assert ours.shape == (300, 7) and ours.dtype == np.int64
     np.testing.assert_array_equal(ours, ref)
@@ -21,15 +21,15 @@ def test_matches_brute_force_cosine_neighbours_of_sklearn():
 
 def test_chunked_search_equals_one_chunk():
     x = _features(257)
-    whole = mine_neighbors(x, k=5)
-    chunked = mine_neighbors(x, k=5, query_chunk=31, db_chunk=50)
+    whole = mine_neighbors(x, n_neighbors=5)
+    chunked = mine_neighbors(x, n_neighbors=5, query_chunk=31, db_chunk=50)
     np.testing.assert_array_equal(chunked, whole)
 
 
 def test_self_is_excluded_even_with_duplicates():
     x = _features(50)
     x[10] = x[11]  # exact duplicates: each must list the other, never itself
-    nb = mine_neighbors(x, k=3)
+    nb = mine_neighbors(x, n_neighbors=3)
     assert not (nb == np.arange(50)[:, None]).any()
     assert nb[10, 0] == 11 and nb[11, 0] == 10
 
@@ -43,12 +43,12 @@ def test_purity_hand_computed():
 
 
 def test_save_and_load_roundtrip_and_checks(tmp_path):
-    nb = mine_neighbors(_features(40), k=4)
+    nb = mine_neighbors(_features(40), n_neighbors=4)
     path = save_neighbors(tmp_path / "neighbors.npy", nb)
     np.testing.assert_array_equal(load_neighbors(path, n=40), nb)
     with pytest.raises(NolabelError, match="rows"):
         load_neighbors(path, n=41)
     with pytest.raises(NolabelError, match="not found"):
         load_neighbors(tmp_path / "missing.npy")
-    with pytest.raises(NolabelError, match="k must be"):
-        mine_neighbors(_features(5), k=5)
+    with pytest.raises(NolabelError, match="n_neighbors must be"):
+        mine_neighbors(_features(5), n_neighbors=5)

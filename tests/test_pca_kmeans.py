@@ -44,7 +44,7 @@ def _assignments(path):
 def test_cluster_stage_writes_every_file_and_scores_both_protocols(tmp_path, stores):
     train, val = stores
     out = tmp_path / "c"
-    results = cluster_stores(train, [val], out, pca=PCAConfig(n_components=32), kmeans=KMeansConfig(k=10, seed=1),
+    results = cluster_stores(train, [val], out, pca=PCAConfig(n_components=32), kmeans=KMeansConfig(n_clusters=10, random_state=1),
                              progress=False)
     for name in ("assignments.csv", "metrics.json", "centroids.npy", "pca.npz", "run.json"):
         assert (out / name).exists(), name
@@ -70,15 +70,15 @@ def test_cluster_stage_writes_every_file_and_scores_both_protocols(tmp_path, sto
 
 def test_cluster_stage_is_kept_for_the_same_inputs_and_refused_for_others(tmp_path, stores):
     train, val = stores
-    pca, km, ev = PCAConfig(n_components=8), KMeansConfig(k=5), EvaluateConfig()
+    pca, km, ev = PCAConfig(n_components=8), KMeansConfig(n_clusters=5), EvaluateConfig()
     first = cluster_stores(train, [val], tmp_path / "c", pca=pca, kmeans=km, evaluate=ev, progress=False)
     assert record.is_done(tmp_path / "c", stage_settings([train, val], pca, km, ev))
-    assert not record.is_done(tmp_path / "c", stage_settings([train, val], pca, KMeansConfig(k=6), ev))
+    assert not record.is_done(tmp_path / "c", stage_settings([train, val], pca, KMeansConfig(n_clusters=6), ev))
     written = (tmp_path / "c" / "assignments.csv").stat().st_mtime_ns
     assert cluster_stores(train, [val], tmp_path / "c", pca=pca, kmeans=km, evaluate=ev, progress=False) == first
     assert (tmp_path / "c" / "assignments.csv").stat().st_mtime_ns == written  # kept, not recomputed
-    with pytest.raises(NolabelError, match=r"kmeans\.k differ.*--force"):
-        cluster_stores(train, [val], tmp_path / "c", pca=pca, kmeans=KMeansConfig(k=6), progress=False)
+    with pytest.raises(NolabelError, match=r"kmeans\.n_clusters differ.*--force"):
+        cluster_stores(train, [val], tmp_path / "c", pca=pca, kmeans=KMeansConfig(n_clusters=6), progress=False)
     # other features with the same settings (here: the train rows in reverse order) are other inputs too
     flipped = write_store(tmp_path / "flipped", np.asarray(train.features)[::-1], train.labels[::-1], train.items[::-1],
                           {"dataset": "digits", "model": "pixels"})
@@ -92,7 +92,7 @@ def test_cluster_stage_is_kept_for_the_same_inputs_and_refused_for_others(tmp_pa
 def test_cluster_stage_input_errors(tmp_path, stores):
     train, _ = stores
     with pytest.raises(NolabelError, match="k = 5000"):
-        cluster_stores(train, [], tmp_path / "c", kmeans=KMeansConfig(k=5000), progress=False)
+        cluster_stores(train, [], tmp_path / "c", kmeans=KMeansConfig(n_clusters=5000), progress=False)
     other = write_store(tmp_path / "other", np.zeros((5, 3), np.float32), np.zeros(5), ["a"] * 5, {})
     with pytest.raises(NolabelError, match="dimensions"):
         cluster_stores(train, [other], tmp_path / "c2", progress=False)
@@ -102,7 +102,7 @@ def test_unlabelled_store_is_assigned_but_not_scored(tmp_path, stores):
     train, val = stores
     unlabelled = write_store(tmp_path / "u", np.asarray(val.features), -np.ones(val.n), val.items, {})
     results = cluster_stores(train, [unlabelled], tmp_path / "c", pca=PCAConfig(n_components=16),
-                             kmeans=KMeansConfig(k=10), progress=False)
+                             kmeans=KMeansConfig(n_clusters=10), progress=False)
     assert results["u"]["n_labelled"] == 0 and "fit_on_eval" not in results["u"]
     assert len(_assignments(tmp_path / "c")["u"][0]) == val.n
 
@@ -179,7 +179,7 @@ def test_objectnet_is_scored_through_the_imagenet_correspondence(tmp_path):
     blob_of = {0: 0, 1: 2, 2: 1}
     on_x = np.stack([centres[blob_of[int(y)]] for y in ds.labels]).astype(np.float32)
     on = write_store(tmp_path / "objectnet", on_x, ds.labels, ds.item_names, {"dataset": spec})
-    results = cluster_stores(train, [on], tmp_path / "c", pca=PCAConfig(enabled=False), kmeans=KMeansConfig(k=3),
+    results = cluster_stores(train, [on], tmp_path / "c", pca=PCAConfig(enabled=False), kmeans=KMeansConfig(n_clusters=3),
                              progress=False)
     scored = results["objectnet"]["objectnet"]
     assert scored["n_scored"] == 7 and scored["n_classes_scored"] == 2

@@ -19,20 +19,20 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_config_defaults_yaml_and_overrides(tmp_path):
     assert load_config() == RunConfig()
     path = tmp_path / "c.yaml"
-    path.write_text("name: mine\nkmeans: {k: 20, spherical: true}\ndata: {train: digits, eval: [a, b]}\n")
-    cfg = load_config(path, ["kmeans.k=30", "pca.n_components=null", "model.weights=/x/y.pt"])
-    assert (cfg.name, cfg.kmeans.k, cfg.kmeans.spherical, cfg.pca.n_components) == ("mine", 30, True, None)
+    path.write_text("name: mine\nkmeans: {n_clusters: 20, spherical: true}\ndata: {train: digits, eval: [a, b]}\n")
+    cfg = load_config(path, ["kmeans.n_clusters=30", "pca.n_components=null", "model.weights=/x/y.pt"])
+    assert (cfg.name, cfg.kmeans.n_clusters, cfg.kmeans.spherical, cfg.pca.n_components) == ("mine", 30, True, None)
     assert cfg.data.eval == ["a", "b"] and cfg.model.weights == "/x/y.pt"
     # Defaults, then the file, then each --set in order: of two overrides of a key the last wins, the
     # file's other keys in that section stay, and what neither the file nor --set names keeps its default.
-    twice = load_config(path, ["kmeans.k=30", "kmeans.seed=4", "kmeans.k=7"])
-    assert (twice.kmeans.k, twice.kmeans.seed, twice.kmeans.spherical) == (7, 4, True)
+    twice = load_config(path, ["kmeans.n_clusters=30", "kmeans.random_state=4", "kmeans.n_clusters=7"])
+    assert (twice.kmeans.n_clusters, twice.kmeans.random_state, twice.kmeans.spherical) == (7, 4, True)
     assert (twice.kmeans.n_init, twice.kmeans.max_iter) == (RunConfig().kmeans.n_init, RunConfig().kmeans.max_iter)
     assert (twice.name, twice.data.train, twice.data.eval, twice.data.on_bad_image) == ("mine", "digits", ["a", "b"],
                                                                                          "skip")
     assert twice.pca == RunConfig().pca and twice.extract == RunConfig().extract and twice.scan is None
     from dataclasses import replace
-    assert load_config(None, ["kmeans.k=7"]) == replace(RunConfig(), kmeans=replace(RunConfig().kmeans, k=7))
+    assert load_config(None, ["kmeans.n_clusters=7"]) == replace(RunConfig(), kmeans=replace(RunConfig().kmeans, n_clusters=7))
     # the dumped YAML loads back to the same configuration
     dumped = tmp_path / "d.yaml"
     dumped.write_text(dump_config(cfg))
@@ -41,8 +41,10 @@ def test_config_defaults_yaml_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("kmeans.kk=3", "unknown key"),
-    ("kmeans.k=ten", "expected int"),
-    ("kmeans.k=0", "at least 1"),
+    ("kmeans.n_clusters=ten", "expected int"),
+    ("kmeans.n_clusters=0", "at least 1"),
+    ("kmeans.k=10", "kmeans: k is now n_clusters"),
+    ("scan.mine_neighbors=5", "mine_neighbors is now n_neighbors"),
     ("extract.dtype=int8", "not one of"),
     ("evaluate.mapping=best", "not one of"),
     ("kmeans=3", "expected a mapping"),
@@ -100,30 +102,30 @@ def test_run_end_to_end_then_resume_then_change_one_stage(tmp_path):
     again = run(_digits_config(), out, progress=False, log=logs.append)
     assert sum("up to date" in line for line in logs) == 4  # both extractions, both clusterings
     assert again["rows"] == summary["rows"]
-    # A folder written before a key existed (here: kmeans.seed, at its default) is the same configuration.
+    # A folder written before a key existed (here: kmeans.random_state, at its default) is the same configuration.
     stored = yaml.safe_load((out / "config.yaml").read_text())
-    del stored["kmeans"]["seed"]
+    del stored["kmeans"]["random_state"]
     (out / "config.yaml").write_text(yaml.safe_dump(stored))
     logs.clear()
     run(_digits_config(), out, progress=False, log=logs.append)
     assert sum("up to date" in line for line in logs) == 4
 
     with pytest.raises(NolabelError, match="another configuration"):
-        run(_digits_config(**{"kmeans.k": 12}), out, progress=False, log=logs.append)
+        run(_digits_config(**{"kmeans.n_clusters": 12}), out, progress=False, log=logs.append)
     logs.clear()
-    changed = run(_digits_config(**{"kmeans.k": 12}), out, force=True, progress=False, log=logs.append)
+    changed = run(_digits_config(**{"kmeans.n_clusters": 12}), out, force=True, progress=False, log=logs.append)
     assert (out / "features/digits/features.npy").stat().st_mtime_ns == features_mtime
     assert sum("up to date" in line for line in logs) == 2  # features reused, clusterings redone
-    assert json.loads((out / "cluster/metrics.json").read_text())["_clustering"]["k"] == 12
-    assert yaml.safe_load((out / "config.yaml").read_text())["kmeans"]["k"] == 12
+    assert json.loads((out / "cluster/metrics.json").read_text())["_clustering"]["n_clusters"] == 12
+    assert yaml.safe_load((out / "config.yaml").read_text())["kmeans"]["n_clusters"] == 12
     assert changed["rows"][0]["sources"][0]["metrics"] != summary["rows"][0]["sources"][0]["metrics"]
 
 
 def test_cli_run_prints_config_and_rejects_bad_overrides(tmp_path, capsys):
     assert main(["run", "--set", "data.train=digits", "--print-config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["data"]["train"] == "digits"
-    assert main(["run", "--set", "kmeans.k=-1", "--out", str(tmp_path / "r")]) == 2
-    assert "kmeans.k" in capsys.readouterr().err
+    assert main(["run", "--set", "kmeans.n_clusters=-1", "--out", str(tmp_path / "r")]) == 2
+    assert "kmeans.n_clusters" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
@@ -132,7 +134,7 @@ def test_run_with_deepcluster_extracts_with_the_weights_it_trained(tmp_path):
     from nolabel.store import FeatureStore
 
     overrides = ["name=dc", "data.train=digits", "model.name=cnn28", "extract.image_size=28", "pca.n_components=16",
-                 "baseline.enabled=false", "report=false", "deepcluster.epochs=1", "deepcluster.k=20",
+                 "baseline.enabled=false", "report=false", "deepcluster.epochs=1", "deepcluster.n_clusters=20",
                  "deepcluster.batch_size=64", "deepcluster.pca_dim=16"]
     logs: list[str] = []
     summary = run(load_config(None, overrides), tmp_path / "r", progress=False, log=logs.append)
@@ -165,7 +167,7 @@ def test_run_with_simclr_scan_and_selflabel_adds_a_row_per_stage(tmp_path):
                  "pretrain.epochs=1", "pretrain.batch_size=128", "pretrain.image_size=16", "pretrain.monitor_size=200",
                  "pretrain.monitor_bank=500",
                  "scan.epochs=2", "scan.n_heads=2", "scan.batch_size=128", "scan.lr=0.001", "scan.weak_views=1",
-                 "scan.strong_views=1", "scan.mine_neighbors=5", "scan.pca=32",
+                 "scan.strong_views=1", "scan.n_neighbors=5", "scan.pca=32",
                  "selflabel.epochs=1", "selflabel.batch_size=128", "selflabel.strong_views=2", "selflabel.threshold=0.5"]
     logs: list[str] = []
     summary = run(load_config(None, overrides), tmp_path / "r", progress=False, log=logs.append)

@@ -84,7 +84,7 @@ def _blobs(n_per=150, k=4, d=8, seed=0):
 
 def test_heads_on_features_find_separated_clusters_and_keep_lowest_loss_head(tmp_path):
     x, y = _blobs()
-    nb = mine_neighbors(x, k=10)
+    nb = mine_neighbors(x, n_neighbors=10)
     config = ScanConfig(n_clusters=4, n_heads=3, epochs=15, batch_size=100, lr=1e-2)
     result = train_scan_features(x, nb, config, out_dir=tmp_path, show_progress=False)
     assert evaluate(result.predictions, y)["acc"] > 0.95
@@ -112,7 +112,7 @@ def interrupt_after(monkeypatch, epochs):
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     x, _ = _blobs(60)
-    nb = mine_neighbors(x, k=5)
+    nb = mine_neighbors(x, n_neighbors=5)
     augmented = np.stack([x + 0.1, x - 0.1]).astype(np.float32)
     config = ScanConfig(n_clusters=4, n_heads=2, epochs=4, batch_size=60, lr=1e-2)
     full = train_scan_features(x, nb, config, augmented=augmented, out_dir=tmp_path / "full", show_progress=False)
@@ -187,7 +187,7 @@ assert distributed.init() and distributed.world_size() == 2
 rng = np.random.default_rng(0)
 centers = rng.normal(size=(3, 6)) * 4
 x = np.concatenate([c + rng.normal(size=(80, 6)) for c in centers]).astype(np.float32)
-nb = mine_neighbors(x, k=8)
+nb = mine_neighbors(x, n_neighbors=8)
 r = train_scan_features(x, nb, ScanConfig(n_clusters=3, n_heads=2, epochs=8, batch_size=60, lr=1e-2),
                         out_dir=sys.argv[1], show_progress=False)
 weights = torch.cat([p.detach().flatten() for p in r.heads.parameters()])
@@ -248,7 +248,7 @@ def test_whole_network_mode_trains_backbone_and_heads_then_self_labels(tmp_path)
     images = load("digits").images  # the images the file-level stages below load by name
     backbone = create("cnn28", pretrained=False)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    nb = mine_neighbors(images.reshape(len(images), -1).astype(np.float32), k=5)
+    nb = mine_neighbors(images.reshape(len(images), -1).astype(np.float32), n_neighbors=5)
     result = train_scan_network(images, backbone, nb, ScanConfig(n_clusters=10, n_heads=2, epochs=1, batch_size=256,
                                                                  lr=1e-3),
                                 augment=WeakAugment(), image_size=16, out_dir=tmp_path / "scan", show_progress=False)
@@ -316,14 +316,14 @@ def test_scan_stage_pca_feeds_neighbours_heads_and_selflabel(tmp_path):
     items = [f"all/{i}" for i in range(len(x))]
     write_store(tmp_path / "feats", x, digits.target, items, {"model": "pixels"})
     write_store(tmp_path / "aug", x + np.float32(0.05), digits.target, items, {"model": "pixels"})
-    config = ScanConfig(n_clusters=10, n_heads=2, epochs=30, batch_size=256, lr=1e-2, hidden_dim=64)
+    config = ScanConfig(n_clusters=10, n_heads=2, epochs=30, batch_size=256, lr=1e-2, hidden_dim=64, n_neighbors=10)
     summary = run_scan(tmp_path / "scan", features=tmp_path / "feats", augmented=[tmp_path / "aug"],
-                       num_neighbors=10, pca_components=16, config=config, show_progress=False)
+                       pca_components=16, config=config, show_progress=False)
     assert summary["pca_components"] == 16 and summary["metrics"]["acc"] > 0.6
     heads, _, _ = load_scan(tmp_path / "scan" / "scan.pt")
     assert heads.in_dim == 16
     # Neighbours were mined in the PCA space: compare with scikit-learn's PCA (float64).
-    reference = mine_neighbors(SkPCA(16).fit_transform(x.astype(np.float64)).astype(np.float32), k=10)
+    reference = mine_neighbors(SkPCA(16).fit_transform(x.astype(np.float64)).astype(np.float32), n_neighbors=10)
     mined = np.load(tmp_path / "scan" / "neighbors.npy")
     same = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(mined, reference)])
     assert same > 0.97
@@ -338,7 +338,7 @@ def test_scan_stage_pca_feeds_neighbours_heads_and_selflabel(tmp_path):
     np.testing.assert_allclose(predict_scan(tmp_path / "scan", features=tmp_path / "feats", selflabel_dir=tmp_path / "sl"),
                                np.load(tmp_path / "sl" / "probabilities.npy"), atol=1e-6)
     # Recomputing the folder without PCA removes it, so self-labeling sees the features as they are.
-    run_scan(tmp_path / "scan", features=tmp_path / "feats", num_neighbors=10, config=config, force=True,
+    run_scan(tmp_path / "scan", features=tmp_path / "feats", config=config, force=True,
              show_progress=False)
     assert not (tmp_path / "scan" / "pca.npz").exists()
     assert load_scan(tmp_path / "scan" / "scan.pt")[0].in_dim == 64
@@ -385,7 +385,7 @@ def test_scan_and_selflabel_train_on_the_gpu_and_hand_back_cpu_modules(tmp_path)
     from nolabel.cluster.selflabel import SelfLabelConfig, train_selflabel_features
 
     x, y = _blobs()
-    nb = mine_neighbors(x, k=10)
+    nb = mine_neighbors(x, n_neighbors=10)
     config = ScanConfig(n_clusters=4, n_heads=2, epochs=20, batch_size=100, lr=1e-2, hidden_dim=32, device="cuda")
     result = train_scan_features(x, nb, config, out_dir=tmp_path / "scan", show_progress=False)
     assert evaluate(result.predictions, y)["acc"] > 0.95
@@ -484,7 +484,7 @@ def test_streamed_head_selection_equals_the_in_memory_one(tmp_path, monkeypatch)
     from nolabel.cluster.scan import loss, train
 
     x, _ = _blobs(n_per=60)
-    nb = mine_neighbors(x, k=8)
+    nb = mine_neighbors(x, n_neighbors=8)
     config = ScanConfig(n_clusters=4, n_heads=3, epochs=2, batch_size=60, lr=1e-2)
     in_memory = train_scan_features(x, nb, config, show_progress=False)
     # ImageNet's path: each head predicted to a scratch file in out_dir, scored from it in blocks
@@ -518,8 +518,8 @@ def test_scan_stage_reuses_neighbours_only_from_the_same_features_and_count(tmp_
     neighbors = scan_dir / "neighbors.npy"
 
     def train(features="feats", k=5, **settings):
-        return run_scan(scan_dir, features=tmp_path / features, num_neighbors=k,
-                        config=ScanConfig(**{**config.__dict__, **settings}), force=True, show_progress=False)
+        return run_scan(scan_dir, features=tmp_path / features, force=True, show_progress=False,
+                        config=ScanConfig(**{**config.__dict__, "n_neighbors": k, **settings}))
 
     first = train()
     mined, finished = neighbors.stat().st_mtime_ns, (scan_dir / "scan.json").stat().st_mtime_ns
@@ -533,4 +533,4 @@ def test_scan_stage_reuses_neighbours_only_from_the_same_features_and_count(tmp_
     assert remined != mined
     train(features="other", epochs=2, k=7)  # other features, same count: mined again
     assert neighbors.stat().st_mtime_ns != remined
-    np.testing.assert_array_equal(np.load(neighbors)[-1], len(x) - 1 - mine_neighbors(x, k=7)[0])
+    np.testing.assert_array_equal(np.load(neighbors)[-1], len(x) - 1 - mine_neighbors(x, n_neighbors=7)[0])

@@ -37,7 +37,7 @@ class DeepClusterConfig:
 
     version: str = "v1"
     model: str = "cnn28"
-    k: int = 100  # v1: k-means clusters (the paper overclusters: 10x the classes); v2: prototypes per head
+    n_clusters: int = 100  # v1: k-means clusters (the paper overclusters: 10x the classes); v2: prototypes per head
     heads: int = 3  # v2: clustering heads, each its own k-means run and frozen prototypes
     epochs: int = 20
     epoch_size: int | None = None  # images trained on per epoch (v1: drawn per cluster; v2: a random subset); None: N
@@ -58,7 +58,7 @@ class DeepClusterConfig:
     jitter_p: float | None = None  # None: 0 (v1: crops and flips only), 0.8 (v2: SwAV's colour distortion)
     grayscale_p: float | None = None  # None: 0 (v1), 0.2 (v2)
     bf16: bool = False
-    seed: int = 0
+    random_state: int = 0
 
     def resolved(self) -> "DeepClusterConfig":
         """A copy with every version-dependent default filled in, validated."""
@@ -78,11 +78,11 @@ class DeepClusterConfig:
             raise NolabelError(f"DeepCluster version must be one of {', '.join(DEEPCLUSTER_VERSIONS)}, got {self.version!r}")
         if self.schedule not in DEEPCLUSTER_SCHEDULES:
             raise NolabelError(f"DeepCluster schedule must be one of {', '.join(DEEPCLUSTER_SCHEDULES)}, got {self.schedule!r}")
-        for name in ("k", "heads", "epochs", "batch_size", "pca_dim", "projection_dim"):
+        for name in ("n_clusters", "heads", "epochs", "batch_size", "pca_dim", "projection_dim"):
             if getattr(self, name) < 1:
                 raise NolabelError(f"DeepCluster {name} must be a positive integer, got {getattr(self, name)}")
-        if self.k < 2:
-            raise NolabelError(f"DeepCluster needs k >= 2 clusters, got {self.k}")
+        if self.n_clusters < 2:
+            raise NolabelError(f"DeepCluster needs n_clusters >= 2, got {self.n_clusters}")
         if self.epoch_size is not None and self.epoch_size < self.batch_size:
             raise NolabelError(f"DeepCluster epoch_size ({self.epoch_size}) must hold at least one batch "
                                f"({self.batch_size})")
@@ -113,7 +113,7 @@ class SimCLRConfig:
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
     bf16: bool = False  # bf16 autocast: ~1.5-3x faster convolutions on CPUs with bf16 support
-    seed: int = 0
+    random_state: int = 0
     knn_k: int = 200
     monitor_size: int = 5_000  # images the kNN monitor classifies
     monitor_bank: int = 20_000  # labelled images it votes with (encoding costs ~1/6 of an epoch of 70k)
@@ -142,8 +142,8 @@ class ScanConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-4
     hidden_dim: int = 0
-    num_neighbors: int | None = None  # None: all stored neighbours
-    seed: int = 0
+    n_neighbors: int = 20  # neighbours mined per image; each step pairs an image with one of them (or itself)
+    random_state: int = 0
     bf16: bool = False
     device: str = "auto"  # cpu, cuda or auto (cuda when a GPU is visible); results come back on the CPU
 
@@ -154,6 +154,7 @@ class ScanConfig:
                                f"{self.n_clusters}, {self.n_heads}, {self.epochs}, {self.batch_size}")
         if self.entropy_weight < 0 or self.lr <= 0:
             raise NolabelError(f"entropy_weight must be >= 0 and lr > 0, got {self.entropy_weight}, {self.lr}")
+        _at_least("n_neighbors", self.n_neighbors, 1)
 
 
 @dataclass
@@ -170,7 +171,7 @@ class SelfLabelConfig:
     # that have no confident sample yet from being emptied (0: the paper's loss).
     entropy_weight: float = 0.0
     ema_decay: float | None = None  # e.g. 0.999; None: no EMA
-    seed: int = 0
+    random_state: int = 0
     bf16: bool = False
     device: str = "auto"  # cpu, cuda or auto (cuda when a GPU is visible); results come back on the CPU
 
@@ -235,14 +236,14 @@ class PCAConfig:
 
 @dataclass
 class KMeansConfig:
-    k: int = 10
+    n_clusters: int = 10
     n_init: int = 10  # restarts, the lowest inertia kept: k-means ACC varies by +-0.04 between seeds
     max_iter: int = 100
     spherical: bool = False
-    seed: int = 0
+    random_state: int = 0
 
     def validate(self) -> None:
-        _at_least("kmeans.k", self.k, 1)
+        _at_least("kmeans.n_clusters", self.n_clusters, 1)
         _at_least("kmeans.n_init", self.n_init, 1)
         _at_least("kmeans.max_iter", self.max_iter, 1)
 
@@ -281,7 +282,6 @@ class ScanStageConfig(ScanConfig):
     """SCAN's hyper-parameters plus how the run feeds it."""
 
     mode: str = "features"  # features: heads on the frozen train features | network: backbone + heads
-    mine_neighbors: int = 20  # neighbours mined per image (`num_neighbors` samples among them; null: all)
     # features mode: stored features of augmented views that anchors and neighbours sample from.
     # Weak (flip + translation) and strong (4 RandAugment ops + Cutout) views together: 0.744 ACC on
     # Fashion-MNIST against 0.738 for weak views alone, and the heads then meet the strong views
@@ -298,7 +298,6 @@ class ScanStageConfig(ScanConfig):
             _at_least("scan.pca", self.pca, 1)
             if self.mode != "features":
                 raise NolabelError("scan.pca applies to features mode only (heads on frozen features)")
-        _at_least("scan.mine_neighbors", self.mine_neighbors, 1)
         _at_least("scan.weak_views", self.weak_views, 0)
         _at_least("scan.strong_views", self.strong_views, 0)
         super().validate()
@@ -354,6 +353,10 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+# keys of earlier versions -> their names now
+RENAMED = {"k": "n_clusters", "seed": "random_state", "mine_neighbors": "n_neighbors", "num_neighbors": "n_neighbors"}
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> RunConfig:
     """Defaults, then the YAML file (if any), then each `key.sub=value` override, validated."""
     raw: dict[str, Any] = {}
@@ -393,6 +396,10 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)
+    renamed = [f"{k} is now {RENAMED[k]}" for k in unknown if RENAMED.get(k) in known]
+    if renamed:
+        raise NolabelError(f"{where + ': ' if where else ''}{'; '.join(renamed)} (one name per concept across "
+                           "code, configuration and command line)")
     if unknown:
         raise NolabelError(
             f"{where + ': ' if where else ''}unknown key(s) {', '.join(map(str, unknown))}; "

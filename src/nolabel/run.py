@@ -121,7 +121,7 @@ def _stages(job: _Job) -> Iterator[Stage]:
                     partial(_extract, job, "features", spec, folder, cfg.model.name, job.weights,
                             cfg.extract.image_size))
     yield Stage("cluster", out / "cluster", f"PCA {cfg.pca.n_components if cfg.pca.enabled else 'off'} + "
-                f"k-means k={cfg.kmeans.k}", lambda: job.rows.append(_cluster(
+                f"k-means k={cfg.kmeans.n_clusters}", lambda: job.rows.append(_cluster(
                     job, job.stores["features"], out / "cluster", f"{cfg.model.name}{job.trained_by} + PCA + k-means")))
     if cfg.scan is not None:
         yield from _scan_stages(job)
@@ -130,7 +130,7 @@ def _stages(job: _Job) -> Iterator[Stage]:
             folder = out / "baseline" / "features" / slug(spec)
             yield Stage(f"baseline features {spec}", folder, "raw pixels",
                         partial(_extract, job, "baseline", spec, folder, "pixels", None, cfg.baseline.image_size))
-        yield Stage("baseline cluster", out / "baseline" / "cluster", f"PCA + k-means k={cfg.kmeans.k}",
+        yield Stage("baseline cluster", out / "baseline" / "cluster", f"PCA + k-means k={cfg.kmeans.n_clusters}",
                     lambda: job.rows.append(_cluster(job, job.stores["baseline"], out / "baseline" / "cluster",
                                                      "raw pixels + PCA + k-means")))
 
@@ -220,7 +220,7 @@ def _scan_stages(job: _Job) -> Iterator[Stage]:
     def write_views(kind: str) -> None:
         views[kind] = write_augmented_views(
             cfg.data.train, cfg.model.name, out / f"views_{kind}", kind=kind, n_views=wanted[kind],
-            weights=job.weights, image_size=image_size, bf16=cfg.extract.precision == "bf16", seed=scan.seed,
+            weights=job.weights, image_size=image_size, bf16=cfg.extract.precision == "bf16", seed=scan.random_state,
             show_progress=job.progress)
 
     for kind in ("weak", "strong"):
@@ -238,7 +238,7 @@ def _scan_stages(job: _Job) -> Iterator[Stage]:
     def train_scan() -> None:
         run_scan(out / "scan", **inputs(weights=job.weights),
                  augmented=views["weak"][:scan.weak_views] + views["strong"][:scan.strong_views],
-                 num_neighbors=scan.mine_neighbors, pca_components=scan.pca, config=scan.library_config(),
+                 pca_components=scan.pca, config=scan.library_config(),
                  force=True, show_progress=job.progress)
         job.rows.append(_predictions_row(method, out / "scan", job.stores["features"], cfg))
 

@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="architecture trained from scratch (default cnn28; alexnet_sobel / vgg16_sobel carry "
                         "v1's Sobel input filter)")
     p.add_argument("--version", choices=["v1", "v2"], default="v1")
-    p.add_argument("--k", type=int, required=True, help="clusters (v1) or prototypes per head (v2)")
+    p.add_argument("--n-clusters", "--k", type=int, required=True, help="clusters (v1) or prototypes per head (v2)")
     p.add_argument("--heads", type=int, default=3, help="v2: clustering heads (default 3)")
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--out", required=True, metavar="DIR")
@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-scale", type=float, nargs=2, default=(0.2, 1.0), metavar=("MIN", "MAX"))
     p.add_argument("--image-size", type=int, metavar="S", help="training resolution (default: the model's)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with bf16 units)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random-state", "--seed", type=int, default=0)
     p.add_argument("--eval-k", type=int, metavar="K",
                    help="clusters of the final evaluation (default: the number of classes; 0: skip it)")
     p.add_argument("--force", action="store_true",
@@ -52,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
     from ..training import images_in_memory
 
     config = DeepClusterConfig(
-        version=args.version, model=args.model, k=args.k, heads=args.heads, epochs=args.epochs,
+        version=args.version, model=args.model, n_clusters=args.n_clusters, heads=args.heads, epochs=args.epochs,
         epoch_size=args.epoch_size, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
         pca_dim=args.pca_dim, kmeans_iter=args.kmeans_iter, temperature=args.temperature,
-        crop_scale=tuple(args.crop_scale), image_size=args.image_size, bf16=args.bf16, seed=args.seed)
+        crop_scale=tuple(args.crop_scale), image_size=args.image_size, bf16=args.bf16, random_state=args.random_state)
     config.resolved()  # refuse bad values before loading anything
     dataset = load(args.data)
     input_size = next((m.input_size for m in list_models() if m.name == args.model), None)
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     eval_k = len(dataset.classes) if args.eval_k is None and has_labels else args.eval_k
     if has_labels and eval_k:
         _, metrics = evaluate_backbone(result.backbone, images, labels, eval_k, pca_dim=config.pca_dim,
-                                       seed=args.seed, image_size=args.image_size, bf16=args.bf16)
+                                       seed=args.random_state, image_size=args.image_size, bf16=args.bf16)
         if distributed.is_main():
             write_json(f"{args.out}/evaluation.json", {"k": eval_k, **metrics})
             print(f"evaluation (k-means K={eval_k} on the trained features): acc {metrics['acc']:.4f}, "

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with bf16 support)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where training runs (auto: a GPU when one is visible)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random-state", "--seed", type=int, default=0)
     p.add_argument("--force", action="store_true",
                    help="replace a training in DIR made from other images or settings (the same ones resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     distributed.init()
     config = SimCLRConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           weight_decay=args.weight_decay, temperature=args.temperature, image_size=args.image_size,
-                          crop_scale=(args.crop_min, 1.0), bf16=args.bf16, seed=args.seed,
+                          crop_scale=(args.crop_min, 1.0), bf16=args.bf16, random_state=args.random_state,
                           device=args.device)
     result = pretrain_simclr(args.data, args.out, config, force=args.force, show_progress=not args.quiet)
     if distributed.is_main():

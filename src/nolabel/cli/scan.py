@@ -20,8 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, metavar="S")
     p.add_argument("--out", required=True, metavar="DIR")
     add_eval_arguments(p)
-    p.add_argument("--k", type=int, default=10, help="number of clusters")
-    p.add_argument("--neighbors", type=int, default=20, help="neighbours mined per image")
+    p.add_argument("--n-clusters", "--k", type=int, default=10, help="number of clusters")
+    p.add_argument("--n-neighbors", "--neighbors", type=int, default=20, help="neighbours mined per image")
     p.add_argument("--pca", type=int, metavar="D",
                    help="frozen mode: project the features to D PCA dimensions before mining neighbours and "
                         "training the heads (self-labeling reuses the PCA)")
@@ -35,8 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where training runs (auto: a GPU when one is visible)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="replace a SCAN result in --out made from other inputs or settings (the same ones: kept or resumed)")
+    p.add_argument("--random-state", "--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true",
+                   help="replace a SCAN result in --out made from other inputs or settings (the same ones: kept or resumed)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -95,20 +96,18 @@ def run(args: argparse.Namespace) -> int:
     distributed.init()
     check_eval_sets(args)
     lr = args.lr if args.lr is not None else (1e-3 if args.features else 1e-4)
-    config = ScanConfig(n_clusters=args.k, n_heads=args.heads, entropy_weight=args.entropy_weight,
+    config = ScanConfig(n_clusters=args.n_clusters, n_heads=args.heads, entropy_weight=args.entropy_weight,
                         epochs=args.epochs, batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay,
-                        hidden_dim=args.hidden_dim, seed=args.seed, bf16=args.bf16,
-                        device=args.device)
+                        hidden_dim=args.hidden_dim, n_neighbors=args.n_neighbors, random_state=args.random_state,
+                        bf16=args.bf16, device=args.device)
     summary = run_scan(args.out, features=args.features, augmented=args.augmented, data=args.data, model=args.model,
-                       weights=args.weights, image_size=args.image_size, num_neighbors=args.neighbors,
-                       pca_components=args.pca,
-                       config=config, force=args.force, show_progress=not args.quiet)
+                       weights=args.weights, image_size=args.image_size, pca_components=args.pca, config=config, force=args.force, show_progress=not args.quiet)
     if distributed.is_main():
         best = summary["head_losses"][summary["best_head"]]
         print(f"{args.out}: head {summary['best_head']} of {len(summary['head_losses'])} kept "
               f"(SCAN loss {best['total']:.4f}, consistency {best['consistency']:.4f}, entropy {best['entropy']:.4f})")
         if summary["neighbor_purity"] is not None:
-            print(f"neighbour purity (top {summary['num_neighbors']}): {summary['neighbor_purity']:.4f}")
+            print(f"neighbour purity (top {summary['n_neighbors']}): {summary['neighbor_purity']:.4f}")
         if summary["metrics"]:
             m = summary["metrics"]
             print(f"ACC {m['acc']:.4f}  NMI {m['nmi']:.4f}  ARI {m['ari']:.4f}  AMI {m['ami']:.4f}")

@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where training runs (auto: a GPU when one is visible)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random-state", "--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace a self-labeling result in --out made from other inputs or settings (the same ones: kept or resumed)")
     p.add_argument("--quiet", action="store_true")
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     lr = args.lr if args.lr is not None else (1e-3 if args.features else 1e-4)
     config = SelfLabelConfig(threshold=args.threshold, epochs=args.epochs, batch_size=args.batch_size, lr=lr,
                              weight_decay=args.weight_decay, class_balance=not args.no_class_balance,
-                             entropy_weight=args.entropy_weight, ema_decay=args.ema, seed=args.seed, bf16=args.bf16,
+                             entropy_weight=args.entropy_weight, ema_decay=args.ema, random_state=args.random_state, bf16=args.bf16,
                              device=args.device)
     summary = run_selflabel(args.scan, args.out, features=args.features, augmented=args.augmented, data=args.data,
                             image_size=args.image_size, config=config, force=args.force,

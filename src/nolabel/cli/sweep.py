@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", required=True, metavar="DIR", help="train feature folder")
     p.add_argument("--eval-features", nargs="*", default=[], metavar="DIR")
     p.add_argument("--pca", type=_int_list, required=True, metavar="D,D,...", help="e.g. 16,32,64,128")
-    p.add_argument("--k", type=_int_list, required=True, metavar="K,K,...", help="e.g. 1000,1500,2000")
+    p.add_argument("--n-clusters", "--k", type=_int_list, required=True, metavar="K,K,...", help="e.g. 1000,1500,2000")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--max-iter", type=int, default=20)
     p.add_argument("--whiten", action="store_true")
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     train = FeatureStore.open(args.features)
     evals = [FeatureStore.open(d) for d in args.eval_features]
-    path = sweep(train, evals, args.out, pca_dims=args.pca, ks=args.k, seeds=args.seeds, max_iter=args.max_iter,
+    path = sweep(train, evals, args.out, pca_dims=args.pca, ks=args.n_clusters, seeds=args.seeds, max_iter=args.max_iter,
                  whiten=args.whiten, l2_normalize=args.l2, spherical=args.spherical, mapping=args.mapping, force=args.force)
     print(f"wrote {path} and plots in {path.parent}")
     return 0

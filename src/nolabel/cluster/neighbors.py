@@ -6,7 +6,7 @@ running top-K, so memory stays at O(db_chunk * D + query_chunk * K) whatever N i
 1.28M x 2048 features never sit in RAM or GPU memory at once; a memory-mapped feature file works).
 A GPU is used when faiss has one (`gpu=None`), each chunk sized to fit it.
 
-    neighbors = mine_neighbors(features, k=20)           # int64 (N, 20), self excluded
+    neighbors = mine_neighbors(features, n_neighbors=20)  # int64 (N, 20), self excluded
     neighbor_purity(neighbors, labels)                    # share of neighbours with the anchor's label
 """
 from __future__ import annotations
@@ -26,9 +26,9 @@ def _normalized(features: np.ndarray, start: int, stop: int) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def mine_neighbors(features: np.ndarray, k: int = 20, *, query_chunk: int = 65_536, db_chunk: int = 262_144,
+def mine_neighbors(features: np.ndarray, n_neighbors: int = 20, *, query_chunk: int = 65_536, db_chunk: int = 262_144,
                    gpu: bool | None = None, threads: int | None = None, show_progress: bool = False) -> np.ndarray:
-    """Indices (N, k) int64 of each row's k most cosine-similar other rows, most similar first.
+    """Indices (N, n_neighbors) int64 of each row's most cosine-similar other rows, most similar first.
 
     features: (N, D), any float dtype, may be a memmap. The row itself is excluded (an exact
     duplicate of it may appear). gpu: None = use one when faiss sees one.
@@ -37,14 +37,14 @@ def mine_neighbors(features: np.ndarray, k: int = 20, *, query_chunk: int = 65_5
     if features.ndim != 2:
         raise NolabelError(f"features must be a (N, D) array, got shape {features.shape}")
     n, d = features.shape
-    if not 1 <= k < n:
-        raise NolabelError(f"k must be between 1 and N - 1 = {n - 1}, got {k}")
+    if not 1 <= n_neighbors < n:
+        raise NolabelError(f"n_neighbors must be between 1 and N - 1 = {n - 1}, got {n_neighbors}")
     faiss = import_faiss(threads)  # sets omp_set_num_threads: faiss's OpenMP default ran 5-28x slower here
     use_gpu = gpu_count(faiss) > 0 if gpu is None else gpu
     if use_gpu and gpu_count(faiss) == 0:
         raise NolabelError("gpu=True but faiss sees no GPU (is faiss-gpu installed?)")
     resources = faiss.StandardGpuResources() if use_gpu else None
-    want = k + 1  # the row itself comes back too
+    want = n_neighbors + 1  # the row itself comes back too
     best_sim = np.full((n, want), -np.inf, dtype=np.float32)
     best_idx = np.full((n, want), -1, dtype=np.int64)
 
@@ -71,7 +71,7 @@ def mine_neighbors(features: np.ndarray, k: int = 20, *, query_chunk: int = 65_5
             best_sim[q_start:q_stop] = np.take_along_axis(all_sim, order, 1)
             best_idx[q_start:q_stop] = np.take_along_axis(all_idx, order, 1)
         del index
-    return _drop_self(best_idx, k)
+    return _drop_self(best_idx, n_neighbors)
 
 
 def _drop_self(candidates: np.ndarray, k: int) -> np.ndarray:

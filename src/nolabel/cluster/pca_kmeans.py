@@ -77,8 +77,8 @@ def cluster_stores(
     for s in evals:
         if s.dim != train.dim:
             raise NolabelError(f"{s.path}: features have {s.dim} dimensions, the train store {train.dim}")
-    if kmeans.k > train.n:
-        raise NolabelError(f"k = {kmeans.k} clusters but the train store has only {train.n} rows")
+    if kmeans.n_clusters > train.n:
+        raise NolabelError(f"k = {kmeans.n_clusters} clusters but the train store has only {train.n} rows")
     settings = stage_settings(stores, pca, kmeans, evaluate)
     if record.begin(out, STAGE, settings, force=force, what="a clustering") is record.DONE:
         return read_json(out / "metrics.json")
@@ -97,8 +97,8 @@ def cluster_stores(
     timings["pca_fit"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    model = KMeans(n_clusters=kmeans.k, n_init=kmeans.n_init, max_iter=kmeans.max_iter,
-                   spherical=kmeans.spherical, seed=kmeans.seed, verbose=progress)
+    model = KMeans(n_clusters=kmeans.n_clusters, n_init=kmeans.n_init, max_iter=kmeans.max_iter,
+                   spherical=kmeans.spherical, seed=kmeans.random_state, verbose=progress)
     model.fit(train_x)
     save_npy(out / "centroids.npy", model.cluster_centers_.astype(np.float32))
     timings["kmeans_fit"] = time.perf_counter() - t
@@ -116,7 +116,7 @@ def cluster_stores(
     results = _score(names, stores, assignments, evaluate)
     timings["metrics"] = time.perf_counter() - t
     results["_clustering"] = {
-        "k": kmeans.k, "inertia": float(model.inertia_), "n_iter": int(model.n_iter_),
+        "n_clusters": kmeans.n_clusters, "inertia": float(model.inertia_), "n_iter": int(model.n_iter_),
         "pca_components": int(train_x.shape[1]),
         "explained_variance": float(projector.explained_variance_ratio_.sum()) if projector else None,
     }
@@ -150,7 +150,7 @@ def format_metrics(results: dict[str, Any]) -> str:
             lines.append(f"{name:<20} {'(no labels)':<13} {entry['n']:>8}")
     c = results.get("_clustering", {})
     if c:
-        lines.append(f"k={c['k']}  PCA dims={c['pca_components']}  inertia={c['inertia']:.6g}  iterations={c['n_iter']}")
+        lines.append(f"n_clusters={c['n_clusters']}  PCA dims={c['pca_components']}  inertia={c['inertia']:.6g}  iterations={c['n_iter']}")
     return "\n".join(lines)
 
 

@@ -116,7 +116,7 @@ def _train(model: nn.Module, inputs, scan_probabilities: np.ndarray, config: Sel
             print(message, flush=True)
         return SelfLabelResult(np.asarray(scan_probabilities), True, message, 0.0,
                                seconds=time.perf_counter() - started)
-    generator = seeded_generator(config.seed)
+    generator = seeded_generator(config.random_state)
     # Before the optimizer and the EMA copy exist, so both (and a resumed state) live on the device.
     device = distributed.resolve_device(config.device)
     model.to(device)

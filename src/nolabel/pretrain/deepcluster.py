@@ -207,12 +207,12 @@ def train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClust
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(images)
-    if n < max(config.batch_size, config.k):
-        raise NolabelError(f"{n} images are fewer than one batch ({config.batch_size}) or than k ({config.k}); "
+    if n < max(config.batch_size, config.n_clusters):
+        raise NolabelError(f"{n} images are fewer than one batch ({config.batch_size}) or than k ({config.n_clusters}); "
                            "lower --batch-size or --k")
     started = time.perf_counter()
     distributed.init()
-    generator = seeded_generator(config.seed)
+    generator = seeded_generator(config.random_state)
     backbone = create(config.model, pretrained=False)
     backbone.to(memory_format=torch.channels_last)
     size = config.image_size or backbone.input_size
@@ -259,23 +259,23 @@ def train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClust
         epoch_log: dict[str, Any] = {"epoch": epoch + 1}
         # 1. Cluster the current representation.
         if v2:
-            prototypes, assignments = cluster_memory_bank(bank.numpy(), config.k, config.heads, config.kmeans_iter,
-                                                          seed=config.seed * 1000 + epoch * config.heads)
+            prototypes, assignments = cluster_memory_bank(bank.numpy(), config.n_clusters, config.heads, config.kmeans_iter,
+                                                          seed=config.random_state * 1000 + epoch * config.heads)
             prototypes = torch.from_numpy(prototypes)
             targets = torch.from_numpy(assignments)
             current = assignments[0]
             order = torch.randperm(n, generator=generator)[:epoch_size]
-            epoch_log["empty_clusters"] = int(sum(config.k - len(np.unique(a)) for a in assignments))
+            epoch_log["empty_clusters"] = int(sum(config.n_clusters - len(np.unique(a)) for a in assignments))
         else:
             features = _encode_sharded(backbone, images, prepare, config.bf16, show_progress)
             epoch_log["pca_dim"] = pca_dimensions(config.pca_dim, n, features.shape[1])
-            assignments = cluster_features(features, config.k, config.pca_dim, config.kmeans_iter,
-                                           seed=config.seed * 1000 + epoch)
+            assignments = cluster_features(features, config.n_clusters, config.pca_dim, config.kmeans_iter,
+                                           seed=config.random_state * 1000 + epoch)
             current = assignments
             targets = torch.from_numpy(assignments)
-            epoch_log["empty_clusters"] = int(config.k - len(np.unique(assignments)))
+            epoch_log["empty_clusters"] = int(config.n_clusters - len(np.unique(assignments)))
             order = torch.from_numpy(uniform_cluster_sample(assignments, epoch_size, generator))
-            top_layer = _fresh_top_layer(backbone.feature_dim, config.k, generator)
+            top_layer = _fresh_top_layer(backbone.feature_dim, config.n_clusters, generator)
             top_optimizer = torch.optim.SGD(top_layer.parameters(), lr=config.lr, momentum=config.momentum,
                                             weight_decay=config.weight_decay)
         epoch_log["cluster_seconds"] = time.perf_counter() - epoch_start

@@ -105,7 +105,7 @@ def train_simclr(images: np.ndarray, out_dir: str | Path, config: SimCLRConfig |
     if n < config.batch_size:
         raise NolabelError(f"{n} images are fewer than one batch of {config.batch_size}; lower --batch-size")
     started = time.perf_counter()
-    generator = seeded_generator(config.seed)
+    generator = seeded_generator(config.random_state)
     backbone = create(config.model, pretrained=False)
     size = config.image_size or backbone.input_size
     head = ProjectionHead(backbone.feature_dim, backbone.feature_dim, config.projection_dim)
@@ -186,7 +186,7 @@ class _KnnMonitor:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, config: SimCLRConfig, prepare):
         labelled = np.flatnonzero(np.asarray(labels) >= 0)
-        rng = np.random.default_rng(config.seed)
+        rng = np.random.default_rng(config.random_state)
         rng.shuffle(labelled)
         n_query = min(config.monitor_size, len(labelled) // 2)
         self.query = np.sort(labelled[:n_query])

@@ -143,7 +143,7 @@ def _write_sprites(files_dir: Path, sprites: dict[int, Sprite]) -> None:
 
 def _headline(main: ClusterResult, source: str) -> list[tuple[str, str]]:
     a = main.assignments[source]
-    k = main.clustering.get("k") or int(a.cluster.max()) + 1
+    k = main.clustering.get("n_clusters") or int(a.cluster.max()) + 1
     items = [("images", f"{len(a.cluster):,}"), ("clusters", f"{k:,}")]
     scored = main.metrics.get(source, {}).get("fit_on_eval")
     if scored:
@@ -205,8 +205,8 @@ def _clustering_card(main: ClusterResult) -> list[tuple[str, str]]:
         items.append(("PCA", text))
     if kmeans:
         spherical = "spherical, " if kmeans.get("spherical") else ""
-        items.append(("k-means", f"k = {kmeans.get('k')}, {spherical}{kmeans.get('n_init')} init, "
-                                 f"≤ {kmeans.get('max_iter')} iterations, seed {kmeans.get('seed')}"))
+        items.append(("k-means", f"{kmeans.get('n_clusters')} clusters, {spherical}{kmeans.get('n_init')} init, "
+                                 f"≤ {kmeans.get('max_iter')} iterations, random_state {kmeans.get('random_state')}"))
     if "inertia" in fitted:
         items.append(("converged", f"inertia {fitted['inertia']:.6g} after {fitted.get('n_iter')} iterations"))
     if evaluate:
@@ -317,7 +317,7 @@ def _heatmaps(result: ClusterResult) -> list[Figure]:
         if not a.has_labels:
             continue
         names = _class_names(result, source)
-        k = max(int(a.cluster.max()) + 1, result.clustering.get("k", 0))
+        k = max(int(a.cluster.max()) + 1, result.clustering.get("n_clusters", 0))
         counts = _contingency(a, k, len(names))
         mapped = _mapped_classes(a, method)
         rows = sorted(mapped, key=lambda c: (mapped[c], -counts[c].sum(), c))
@@ -335,7 +335,7 @@ def _sizes_figure(result: ClusterResult, source: str) -> Figure:
     from .plots import cluster_sizes
 
     a = result.assignments[source]
-    k = max(int(a.cluster.max()) + 1, result.clustering.get("k", 0))
+    k = max(int(a.cluster.max()) + 1, result.clustering.get("n_clusters", 0))
     sizes = np.bincount(a.cluster, minlength=k)
     purity = None
     if a.has_labels:
@@ -354,7 +354,7 @@ def _cluster_browser(result: ClusterResult, source: str, n_typical: int, n_rando
                      seed: int, progress: bool, warnings: list[str]) -> tuple[dict, dict[int, Sprite]]:
     """The JSON the page's script renders (without sprite URLs), and {cluster: its montage}."""
     a = result.assignments[source]
-    k = max(int(a.cluster.max()) + 1, result.clustering.get("k", 0))
+    k = max(int(a.cluster.max()) + 1, result.clustering.get("n_clusters", 0))
     sizes = np.bincount(a.cluster, minlength=k)
     spread = np.bincount(a.cluster, weights=a.distance, minlength=k) / np.maximum(sizes, 1)
     labelled = a.has_labels

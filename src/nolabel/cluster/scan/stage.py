@@ -238,7 +238,7 @@ def stage_source(features: str | Path | None, augmented: list[str | Path] | tupl
 
 def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augmented: list[str | Path] | tuple = (),
              data: str | None = None, model: str | None = None, weights: str | Path | None = None,
-             image_size: int | None = None, num_neighbors: int = 20, pca_components: int | None = None,
+             image_size: int | None = None, pca_components: int | None = None,
              config: ScanConfig | None = None, force: bool = False, show_progress: bool = True) -> dict[str, Any]:
     """The SCAN stage from files: mine neighbours, train, and write into `out_dir`: neighbors.npy,
     scan.pt, probabilities.npy (N, K), predictions.npy (N,), scan.json (chosen head, per-head
@@ -264,7 +264,7 @@ def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augment
                            f"features (--features) only; got {pca_components} with "
                            f"{'--data (whole network)' if data is not None else '--features'}")
     source = stage_source(features, augmented, data, model, weights, image_size)
-    stage_inputs = {**source, "pca": pca_components, "num_neighbors": num_neighbors,
+    stage_inputs = {**source, "pca": pca_components,
                     "config": record.without(asdict(config), "device")}
     status = record.begin(out, "scan", stage_inputs, force=force, what="a SCAN result")
     if status is record.DONE:
@@ -282,12 +282,12 @@ def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augment
         base = extract_features(inputs["backbone"], inputs["images"], inputs["image_size"], bf16=config.bf16)
     # Neighbours keep a record of their own: reused only when mined in the same space, as many.
     nb_inputs = {"space": {k: v for k, v in source.items() if k != "views"}, "pca": pca_components,
-                 "bf16": config.bf16 if inputs["mode"] == "network" else None, "k": num_neighbors}
+                 "bf16": config.bf16 if inputs["mode"] == "network" else None, "n_neighbors": config.n_neighbors}
     nb_path = out / "neighbors.npy"
     if record.is_done(out, nb_inputs, name=NEIGHBORS_RECORD):
         neighbors = load_neighbors(nb_path, n=len(base))
     else:
-        neighbors = mine_neighbors(base, k=num_neighbors)
+        neighbors = mine_neighbors(base, n_neighbors=config.n_neighbors)
         if distributed.is_main():
             save_neighbors(nb_path, neighbors)
             record.finish(out, "neighbors", nb_inputs, name=NEIGHBORS_RECORD)
@@ -299,7 +299,7 @@ def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augment
         result = train_scan_network(inputs["images"], inputs["backbone"], neighbors, config,
                                     image_size=inputs["image_size"], out_dir=out, show_progress=show_progress)
     summary = {
-        "mode": inputs["mode"], "n": int(len(base)), "num_neighbors": int(neighbors.shape[1]),
+        "mode": inputs["mode"], "n": int(len(base)), "n_neighbors": int(neighbors.shape[1]),
         "augmented_views": 0 if inputs.get("augmented") is None else len(inputs["augmented"]),
         "pca_components": pca_components,
         "neighbor_purity": neighbor_purity(neighbors, labels) if labels is not None else None,

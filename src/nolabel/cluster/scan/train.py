@@ -204,10 +204,10 @@ def _train(model: nn.Module, heads: ClusterHeads, inputs, neighbors: np.ndarray,
         raise NolabelError(f"{neighbors.shape[0]} neighbour rows for {n} inputs")
     if n < config.batch_size:
         raise NolabelError(f"{n} samples are fewer than one batch of {config.batch_size}; lower the batch size")
-    stored = neighbors[:, :config.num_neighbors] if config.num_neighbors else neighbors
+    stored = neighbors
     # Candidates: the anchor itself plus its stored neighbours.
     candidates = np.concatenate([np.arange(n)[:, None], stored], axis=1)
-    generator = seeded_generator(config.seed)
+    generator = seeded_generator(config.random_state)
     # Before the optimizer exists, so a resumed optimizer state lands on the parameters' device.
     device = distributed.resolve_device(config.device)
     model.to(device)
@@ -308,7 +308,7 @@ def train_scan_features(features: np.ndarray, neighbors: np.ndarray, config: Sca
     """
     config = config or ScanConfig(lr=1e-3, epochs=100)
     inputs = FeatureInputs(features, augmented)
-    torch.manual_seed(config.seed)  # head initialisation
+    torch.manual_seed(config.random_state)  # head initialisation
     heads = ClusterHeads(inputs.dim, config.n_clusters, config.n_heads, config.hidden_dim)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -341,7 +341,7 @@ def train_scan_network(images: np.ndarray, backbone: nn.Module, neighbors: np.nd
     config = config or ScanConfig()
     size = image_size or backbone.input_size
     inputs = ImageInputs(images, network_input(backbone, size), augment or StrongAugment())
-    torch.manual_seed(config.seed)  # head initialisation
+    torch.manual_seed(config.random_state)  # head initialisation
     heads = ClusterHeads(backbone.feature_dim, config.n_clusters, config.n_heads, config.hidden_dim)
     model = _BackboneWithHeads(backbone, heads)
     out = Path(out_dir) if out_dir is not None else None
