@@ -162,7 +162,7 @@ class Timer:
 
 
 def scores(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    m = evaluate(pred, labels)
+    m = evaluate(labels, pred)
     return {k: float(m[k]) for k in METRICS}
 
 
@@ -172,7 +172,7 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 
 def kmeans_runs(x: np.ndarray, labels: np.ndarray, seeds: list[int], spherical: bool) -> list[dict[str, float]]:
-    return [scores(KMeans(10, n_init=3, max_iter=100, spherical=spherical, seed=s, device="cpu").fit_predict(x), labels)
+    return [scores(KMeans(10, n_init=3, max_iter=100, spherical=spherical, random_state=s, device="cpu").fit_predict(x), labels)
             for s in seeds]
 
 

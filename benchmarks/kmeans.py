@@ -66,7 +66,7 @@ def objective(faiss, X: np.ndarray, centroids: np.ndarray) -> float:
 
 
 def run_nolabel(X, init, iterations, threads):
-    model = KMeans(len(init), max_iter=iterations, device="cpu", threads=threads).fit(X, init=init)
+    model = KMeans(len(init), init=init, n_init=1, max_iter=iterations, device="cpu", threads=threads).fit(X)
     return model.cluster_centers_, model.n_iter_
 
 

@@ -104,7 +104,7 @@ def sklearn_accuracy(pred, labels) -> float:
 def full_suite(pred, labels) -> list[dict]:
     """Per-metric rows: seconds and value for both libraries."""
     rows = []
-    t_ours, c = best_of(lambda: M.contingency(pred, labels))
+    t_ours, c = best_of(lambda: M.contingency(labels, pred))
     t_ref, ref_counts = once(lambda: contingency_matrix(pred, labels))
     rows.append(dict(metric="contingency", nolabel_s=t_ours, sklearn_s=t_ref,
                      max_abs_diff=float(np.abs(c.counts - ref_counts).max())))
@@ -126,7 +126,7 @@ def full_suite(pred, labels) -> list[dict]:
         t_ref, ref_value = once(reference[name])
         rows.append(dict(metric=name, nolabel_s=t_ours, sklearn_s=t_ref, nolabel=value,
                          sklearn=float(ref_value), max_abs_diff=abs(value - ref_value)))
-    t_eval, result = best_of(lambda: M.evaluate(pred, labels))
+    t_eval, result = best_of(lambda: M.evaluate(labels, pred))
     total = dict(
         metric="full suite", nolabel_s=t_eval, sklearn_s=sum(r["sklearn_s"] for r in rows),
         max_abs_diff=max(r["max_abs_diff"] for r in rows),
@@ -142,7 +142,7 @@ def full_suite(pred, labels) -> list[dict]:
 
 
 def ami_case(pred, labels) -> dict:
-    t_ours, value = best_of(lambda: M.ami(pred, labels))
+    t_ours, value = best_of(lambda: M.ami(labels, pred))
     print("  sklearn AMI ...", flush=True)
     t_ref, ref_value = once(lambda: skm.adjusted_mutual_info_score(labels, pred))
     return dict(metric="AMI", nolabel_s=t_ours, sklearn_s=t_ref, nolabel=value,
@@ -176,7 +176,7 @@ def main() -> None:
         worst_shape = (1_281_167, 1000, 1000)
 
     pred, labels = imagenet_like(rng, **suite_shape)
-    c = M.contingency(pred, labels)
+    c = M.contingency(labels, pred)
     suite_data = dict(n=int(pred.size), n_clusters=c.n_clusters, n_classes=c.n_classes,
                       distinct_cluster_sizes=int(np.unique(c.cluster_sizes).size),
                       distinct_class_sizes=int(np.unique(c.class_sizes).size))
@@ -184,7 +184,7 @@ def main() -> None:
     suite_rows = full_suite(pred, labels)
 
     ami_pred, ami_labels = overclustered(rng, **ami_shape)
-    c = M.contingency(ami_pred, ami_labels)
+    c = M.contingency(ami_labels, ami_pred)
     ami_data = dict(n=int(ami_pred.size), n_clusters=c.n_clusters, n_classes=c.n_classes)
     print(f"overclustering AMI: {ami_data}", flush=True)
     ami_row = ami_case(ami_pred, ami_labels)

@@ -76,7 +76,7 @@ start = time.perf_counter()
 results = cluster_stores(store, [], sys.argv[2], pca=PCAConfig(n_components=256),
                          kmeans=KMeansConfig(k=1000, max_iter=20), force=True, progress=False)
 total = time.perf_counter() - start
-timings = json.load(open(sys.argv[2] + "/run.json"))["timings_seconds"]
+timings = json.load(open(sys.argv[2] + "/clustering.json"))["timings_seconds"]
 m = results["train"]["fit_on_eval"]
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child would report the
 # parent's peak (here the data generator's); VmHWM belongs to this address space alone.

@@ -125,10 +125,11 @@ def cluster_run(run_dir: Path, stores, k: int, name: str = "test-run", method: s
         source["data"] = store.manifest["dataset"]
     write_json(run_dir / "summary.json", {
         "name": name, "folder": str(run_dir),
+        "primary": str(cluster_dir),
         "rows": [{"method": method, "folder": str(cluster_dir), "sources": sources,
                   "protocol": "hungarian mapping fitted on each evaluated set; NMI/AMI arithmetic"}],
         "timings_seconds": {"features": 1.25, "cluster": 0.5}})
-    (run_dir / "config.yaml").write_text(f"name: {name}\nkmeans:\n  k: {k}\n", encoding="utf-8")
+    (run_dir / "config.yaml").write_text(f"name: {name}\nkmeans:\n  n_clusters: {k}\n", encoding="utf-8")
     return run_dir
 
 

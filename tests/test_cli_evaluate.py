@@ -41,7 +41,7 @@ def test_table_shows_every_metric(split, capsys):
     out = capsys.readouterr().out
     lines = dict(line.rsplit(None, 1) for line in out.splitlines()[2:])
     assert out.splitlines()[0] == "ACC mapping: hungarian, fitted on the evaluated predictions"
-    assert float(lines["ACC hungarian"]) == pytest.approx(M.accuracy(pred, labels), abs=5e-7)
+    assert float(lines["ACC hungarian"]) == pytest.approx(M.accuracy(labels, pred), abs=5e-7)
     assert float(lines["NMI (arithmetic)"]) == pytest.approx(
         skm.normalized_mutual_info_score(labels, pred), abs=5e-7
     )
@@ -61,8 +61,10 @@ def test_json_with_train_fit_equals_the_library(split, capsys):
     ]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
+    (val_pred, val_labels), (train_pred, train_labels) = data["val"], data["train"]
     expected = M.evaluate(
-        *data["val"], method="majority", fit=data["train"], average_method="geometric"
+        val_labels, val_pred, method="majority", fit=(train_labels, train_pred),
+        average_method="geometric",
     )
     assert result == expected
     assert (result["fit_on"], result["mapping"], result["n_fit"]) == ("train", "majority", 2_000)

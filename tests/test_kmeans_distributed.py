@@ -14,8 +14,8 @@ SCRIPT = textwrap.dedent("""
     from nolabel.cluster import KMeans
 
     X = np.load(sys.argv[1], mmap_mode="r")
-    plain = KMeans(12, max_iter=15, seed=1).fit(X)
-    spherical = KMeans(12, max_iter=15, seed=1, spherical=True).fit(X)
+    plain = KMeans(12, n_init=1, max_iter=15, random_state=1).fit(X)
+    spherical = KMeans(12, n_init=1, max_iter=15, random_state=1, spherical=True).fit(X)
     if distributed.is_main():
         np.savez(sys.argv[2], world=distributed.world_size(),
                  centers=plain.cluster_centers_, labels=plain.labels_, inertia=plain.inertia_,
@@ -37,8 +37,8 @@ def test_two_processes_equal_one(tmp_path):
     assert int(result["world"]) == 2
 
     X = np.load(tmp_path / "x.npy", mmap_mode="r")
-    plain = KMeans(12, max_iter=15, seed=1).fit(X)
-    spherical = KMeans(12, max_iter=15, seed=1, spherical=True).fit(X)
+    plain = KMeans(12, n_init=1, max_iter=15, random_state=1).fit(X)
+    spherical = KMeans(12, n_init=1, max_iter=15, random_state=1, spherical=True).fit(X)
     np.testing.assert_array_equal(result["centers"], plain.cluster_centers_)
     np.testing.assert_array_equal(result["labels"], plain.labels_)
     assert float(result["inertia"]) == plain.inertia_

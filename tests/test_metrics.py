@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.optimize import linear_sum_assignment
 from sklearn import metrics as skm
 from sklearn.metrics.cluster import _expected_mutual_info_fast
 
@@ -23,7 +24,7 @@ TOL = 1e-9
 def assert_matches_sklearn(pred, labels) -> None:
     """Every metric scikit-learn defines equals ours to TOL (sklearn takes labels_true first)."""
     pred, labels = np.asarray(pred), np.asarray(labels)
-    c = M.contingency(pred, labels)
+    c = M.contingency(labels, pred)
     assert c.mutual_info() == pytest.approx(skm.mutual_info_score(labels, pred), abs=TOL)
     assert c.ari() == pytest.approx(skm.adjusted_rand_score(labels, pred), abs=TOL)
     one_side_singletons = (c.n_clusters == c.n) != (c.n_classes == c.n)
@@ -100,10 +101,10 @@ def test_larger_labelings_match_sklearn(n, n_clusters, n_classes):
 
 def test_degenerate_conventions_are_sklearns():
     # both one group: a perfect match; exactly one of them one group: nothing shared
-    assert M.nmi([1, 1, 1], [0, 0, 0]) == M.ami([1, 1, 1], [0, 0, 0]) == 1.0
-    assert M.nmi([1, 2, 3], [0, 0, 0]) == M.ami([1, 2, 3], [0, 0, 0]) == 0.0
-    assert M.ari([1, 1, 1], [0, 0, 0]) == 1.0
-    assert M.mutual_info([1, 1, 1], [0, 0, 0]) == 0.0
+    assert M.nmi([0, 0, 0], [1, 1, 1]) == M.ami([0, 0, 0], [1, 1, 1]) == 1.0
+    assert M.nmi([0, 0, 0], [1, 2, 3]) == M.ami([0, 0, 0], [1, 2, 3]) == 0.0
+    assert M.ari([0, 0, 0], [1, 1, 1]) == 1.0
+    assert M.mutual_info([0, 0, 0], [1, 1, 1]) == 0.0
 
 
 # --- expected mutual information ------------------------------------------------------------------
@@ -144,7 +145,7 @@ def test_expected_mutual_info_matches_sklearn_on_random_marginals():
     for _ in range(60):
         n = int(rng.integers(2, 3000))
         pred, labels = noisy_clusters(rng, n, int(rng.integers(1, 60)), int(rng.integers(1, 30)), 0.3)
-        counts = M.contingency(pred, labels).counts
+        counts = M.contingency(labels, pred).counts
         expected = _expected_mutual_info_fast.expected_mutual_information(counts, n)
         assert M.expected_mutual_info(counts) == pytest.approx(expected, rel=1e-9, abs=1e-14)
 
@@ -191,7 +192,7 @@ def test_contingency_matches_sklearn_with_caller_ids(scale, offset):
     rng = np.random.default_rng(2)
     pred, labels = noisy_clusters(rng, 5_000, 37, 11, keep=0.6)
     pred = pred * scale + offset
-    c = M.contingency(pred, labels)
+    c = M.contingency(labels, pred)
     np.testing.assert_array_equal(c.clusters, np.unique(pred))
     np.testing.assert_array_equal(c.classes, np.unique(labels))
     np.testing.assert_array_equal(c.counts, skm.cluster.contingency_matrix(pred, labels))
@@ -200,7 +201,7 @@ def test_contingency_matches_sklearn_with_caller_ids(scale, offset):
 
 
 def test_contingency_drops_absent_ids():
-    c = M.contingency([9, 9, 2, -4], [0, 5, 5, 5])
+    c = M.contingency([0, 5, 5, 5], [9, 9, 2, -4])
     np.testing.assert_array_equal(c.clusters, [-4, 2, 9])
     np.testing.assert_array_equal(c.classes, [0, 5])
     np.testing.assert_array_equal(c.counts, [[0, 1], [0, 1], [1, 1]])
@@ -221,16 +222,16 @@ def labelled(counts, cluster_ids=None, class_ids=None):
 
 def test_hungarian_is_one_to_one_and_majority_is_many_to_one():
     pred, labels = labelled([[5, 0], [4, 3]])
-    assert M.accuracy(pred, labels, "hungarian") == 8 / 12  # 0→0, 1→1
-    assert M.accuracy(pred, labels, "majority") == 9 / 12  # both → class 0
-    assert M.purity(pred, labels) == 9 / 12
+    assert M.accuracy(labels, pred, "hungarian") == 8 / 12  # 0→0, 1→1
+    assert M.accuracy(labels, pred, "majority") == 9 / 12  # both → class 0
+    assert M.purity(labels, pred) == 9 / 12
 
 
 def test_overclustering_unmatched_clusters_take_their_majority_class():
     pred, labels = labelled([[5, 0], [0, 4], [3, 1]], cluster_ids=[10, 20, 30], class_ids=[7, 8])
-    mapping = M.map_clusters(M.contingency(pred, labels), "hungarian")
+    mapping = M.map_clusters(M.contingency(labels, pred), "hungarian")
     assert mapping.as_dict() == {10: 7, 20: 8, 30: 7}
-    assert M.accuracy(pred, labels, "hungarian") == 12 / 13
+    assert M.accuracy(labels, pred, "hungarian") == 12 / 13
 
 
 def test_hungarian_accuracy_is_a_maximum_matching_plus_majority_for_the_rest():
@@ -266,29 +267,83 @@ def test_hungarian_accuracy_is_a_maximum_matching_plus_majority_for_the_rest():
             assert set(assigned) == set(range(n_classes))  # every class taken
         pred, labels = labelled(counts)
         hits = counts[np.arange(n_clusters), assigned].sum()
-        assert M.accuracy(pred, labels, "hungarian") == hits / counts.sum()
+        assert M.accuracy(labels, pred, "hungarian") == hits / counts.sum()
 
 
 def test_mapping_fitted_on_train_is_applied_to_val():
     # train: cluster 10 is class 1, cluster 20 is class 2, cluster 30 is class 1 (majority)
     fit_pred, fit_labels = labelled([[8, 1, 0], [0, 0, 6], [0, 4, 2]], [10, 20, 30], [1, 2, 3])
-    fit = (fit_pred, fit_labels)
-    mapping = M.contingency(fit_pred, fit_labels).mapping("hungarian")
+    fit = (fit_labels, fit_pred)
+    mapping = M.contingency(fit_labels, fit_pred).mapping("hungarian")
     assert mapping.as_dict() == {10: 1, 20: 3, 30: 2}
     # val: cluster 40 never appears in train → its samples count wrong; class 3 absent in val
     val_pred = np.array([10, 10, 10, 20, 30, 30, 40, 40])
     val_labels = np.array([1, 1, 2, 2, 2, 1, 1, 2])
-    assert M.accuracy(val_pred, val_labels, "hungarian", fit=fit) == 3 / 8  # 10→1 twice, 30→2 once
-    majority = M.contingency(fit_pred, fit_labels).mapping("majority").as_dict()
+    assert M.accuracy(val_labels, val_pred, "hungarian", fit=fit) == 3 / 8  # 10→1 twice, 30→2 once
+    majority = M.contingency(fit_labels, fit_pred).mapping("majority").as_dict()
     assert majority == {10: 1, 20: 3, 30: 2}
     # fitted on val itself instead (SCAN's protocol), 40 gets a class and everything changes
-    assert M.accuracy(val_pred, val_labels, "hungarian") == 5 / 8
+    assert M.accuracy(val_labels, val_pred, "hungarian") == 5 / 8
+
+
+def reference_accuracy(labels_true, labels_pred, fit=None, method="hungarian") -> float:
+    """ACC computed independently of nolabel, from scikit-learn's contingency_matrix(labels_true,
+    labels_pred) (rows: classes, columns: clusters): hungarian matches clusters one-to-one to
+    classes and sends unmatched clusters to their majority class, majority sends every cluster to
+    its majority class; fitted on fit=(labels_true, labels_pred) when given."""
+    fit_true, fit_pred = (labels_true, labels_pred) if fit is None else fit
+    fit_true, fit_pred = np.asarray(fit_true), np.asarray(fit_pred)
+    counts = skm.cluster.contingency_matrix(fit_true, fit_pred)  # (C, K)
+    classes, clusters = np.unique(fit_true), np.unique(fit_pred)
+    assigned = counts.argmax(axis=0)  # majority class of each cluster
+    if method == "hungarian":
+        rows, cols = linear_sum_assignment(counts, maximize=True)
+        assigned[cols] = rows
+    mapping = dict(zip(clusters.tolist(), classes[assigned].tolist()))
+    hits = [mapping.get(p) == t for t, p in zip(np.asarray(labels_true).tolist(),
+                                                np.asarray(labels_pred).tolist())]
+    return sum(hits) / len(hits)
+
+
+def test_accuracy_takes_sklearn_argument_order_with_more_clusters_than_classes():
+    """ACC and purity are not symmetric when K > C: (labels_true, labels_pred), scikit-learn's
+    order, must give the accuracy of the 3 clusters against the 2 classes, not the reverse."""
+    labels_true = [0, 0, 0, 1, 1, 1]
+    labels_pred = [0, 0, 1, 1, 2, 2]  # clusters 0 → 0 and 2 → 1 matched; 1 (a tie) takes class 0
+    assert reference_accuracy(labels_true, labels_pred) == 5 / 6
+    assert reference_accuracy(labels_pred, labels_true) == 4 / 6  # the swapped call's number
+    assert M.accuracy(labels_true, labels_pred) == pytest.approx(0.833, abs=1e-3)
+    assert M.accuracy(labels_true, labels_pred) == 5 / 6
+    assert M.accuracy(labels_pred=labels_pred, labels_true=labels_true) == 5 / 6
+    assert M.accuracy(labels_true, labels_pred, "majority") == 5 / 6
+    assert M.purity(labels_true, labels_pred) == 5 / 6
+    result = M.evaluate(labels_true, labels_pred)
+    assert (result["acc"], result["purity"], result["n_clusters"], result["n_classes"]) == (5 / 6, 5 / 6, 3, 2)
+    assert M.evaluate(labels_true, labels_pred, fit=(labels_true, labels_pred)) == {**result, "fit_on": "train"}
+    assert M.top_k_accuracy(labels_true, np.eye(3)[labels_pred], k=1) == 5 / 6
+    c = M.contingency(labels_true, labels_pred)
+    np.testing.assert_array_equal(c.counts, skm.cluster.contingency_matrix(labels_true, labels_pred).T)
+    assert c.ari() == pytest.approx(skm.adjusted_rand_score(labels_true, labels_pred), abs=TOL)
+
+    rng = np.random.default_rng(7)
+    for n_clusters, n_classes in [(15, 10), (40, 6), (7, 3)]:
+        pred, labels = noisy_clusters(rng, 3_000, n_clusters, n_classes, keep=0.6)
+        train_pred, train_labels = noisy_clusters(rng, 3_000, n_clusters, n_classes, keep=0.6)
+        for method in ("hungarian", "majority"):
+            assert M.accuracy(labels, pred, method) == pytest.approx(
+                reference_accuracy(labels, pred, method=method), abs=TOL
+            )
+            fit = (train_labels, train_pred)
+            assert M.accuracy(labels, pred, method, fit=fit) == pytest.approx(
+                reference_accuracy(labels, pred, fit=fit, method=method), abs=TOL
+            )
+        assert M.accuracy(labels, pred) != M.accuracy(pred, labels)  # the order matters here
 
 
 def test_unseen_clusters_count_wrong():
     fit = ([0, 0, 1, 1], [0, 0, 1, 1])
-    assert M.accuracy([0, 1, 2, 3], [0, 1, 0, 1], fit=fit) == 0.5
-    assert M.accuracy([2, 3], [0, 1], fit=fit, method="majority") == 0.0
+    assert M.accuracy([0, 1, 0, 1], [0, 1, 2, 3], fit=fit) == 0.5
+    assert M.accuracy([0, 1], [2, 3], fit=fit, method="majority") == 0.0
 
 
 def test_mapping_lookup_flags_unseen_clusters():
@@ -305,13 +360,13 @@ def test_top_k_accuracy_by_hand():
     # 3 clusters; argmax predictions [0, 0, 1, 2] with labels [5, 6, 6, 7] map 0→5, 1→6, 2→7
     scores = np.array([[0.9, 0.07, 0.03], [0.6, 0.4, 0.0], [0.1, 0.8, 0.15], [0.5, 0.0, 0.6]])
     labels = np.array([5, 6, 6, 7])
-    assert M.top_k_accuracy(scores, labels, k=1) == 3 / 4
-    assert M.top_k_accuracy(scores, labels, k=2) == 1.0
+    assert M.top_k_accuracy(labels, scores, k=1) == 3 / 4
+    assert M.top_k_accuracy(labels, scores, k=2) == 1.0
     # fitted elsewhere: 0→6, 1→5, cluster 2 unseen (never matches)
-    fit = ([0, 1], [6, 5])
-    assert M.top_k_accuracy(scores, labels, k=1, fit=fit) == 1 / 4  # sample 1 only
-    assert M.top_k_accuracy(scores, labels, k=2, fit=fit) == 2 / 4  # samples 0 and 1
-    assert M.top_k_accuracy(scores, labels, k=3, fit=fit) == 3 / 4  # class 7 is never mapped
+    fit = ([6, 5], [0, 1])
+    assert M.top_k_accuracy(labels, scores, k=1, fit=fit) == 1 / 4  # sample 1 only
+    assert M.top_k_accuracy(labels, scores, k=2, fit=fit) == 2 / 4  # samples 0 and 1
+    assert M.top_k_accuracy(labels, scores, k=3, fit=fit) == 3 / 4  # class 7 is never mapped
 
 
 def test_top_1_equals_hungarian_accuracy_of_argmax():
@@ -319,8 +374,8 @@ def test_top_1_equals_hungarian_accuracy_of_argmax():
     labels = rng.integers(0, 6, 2_000)
     scores = rng.random((2_000, 9)) + 2.0 * (np.arange(9) == (labels[:, None] % 9))
     pred = scores.argmax(axis=1)
-    assert M.top_k_accuracy(scores, labels, k=1) == M.accuracy(pred, labels)
-    assert M.top_k_accuracy(scores, labels, k=9) == 1.0  # every class has a matched cluster
+    assert M.top_k_accuracy(labels, scores, k=1) == M.accuracy(labels, pred)
+    assert M.top_k_accuracy(labels, scores, k=9) == 1.0  # every class has a matched cluster
 
 
 # --- evaluate -------------------------------------------------------------------------------------
@@ -330,9 +385,9 @@ def test_evaluate_reports_every_metric_and_the_protocol():
     rng = np.random.default_rng(5)
     pred, labels = noisy_clusters(rng, 3_000, 15, 10, keep=0.7)
     scores = rng.random((3_000, 15)) + 3.0 * (np.arange(15) == pred[:, None])
-    result = M.evaluate(pred, labels, scores=scores, average_method="geometric")
-    assert result["acc"] == result["acc_hungarian"] == M.accuracy(pred, labels)
-    assert result["acc_majority"] == result["purity"] == M.purity(pred, labels)
+    result = M.evaluate(labels, pred, scores=scores, average_method="geometric")
+    assert result["acc"] == result["acc_hungarian"] == M.accuracy(labels, pred)
+    assert result["acc_majority"] == result["purity"] == M.purity(labels, pred)
     assert result["nmi"] == pytest.approx(
         skm.normalized_mutual_info_score(labels, pred, average_method="geometric"), abs=TOL
     )
@@ -341,7 +396,7 @@ def test_evaluate_reports_every_metric_and_the_protocol():
     )
     assert result["ari"] == pytest.approx(skm.adjusted_rand_score(labels, pred), abs=TOL)
     assert result["mi"] == pytest.approx(skm.mutual_info_score(labels, pred), abs=TOL)
-    assert result["top5_acc"] == M.top_k_accuracy(scores, labels, k=5)
+    assert result["top5_acc"] == M.top_k_accuracy(labels, scores, k=5)
     assert (result["n"], result["n_clusters"], result["n_classes"]) == (3_000, 15, 10)
     assert (result["mapping"], result["fit_on"], result["average_method"]) == (
         "hungarian", "eval", "geometric",
@@ -350,13 +405,14 @@ def test_evaluate_reports_every_metric_and_the_protocol():
 
 def test_evaluate_with_a_train_fit():
     rng = np.random.default_rng(6)
-    train = noisy_clusters(rng, 4_000, 12, 10, keep=0.8)
+    train_pred, train_labels = noisy_clusters(rng, 4_000, 12, 10, keep=0.8)
+    train = (train_labels, train_pred)
     val_pred, val_labels = noisy_clusters(rng, 1_000, 12, 10, keep=0.8)
-    result = M.evaluate(val_pred, val_labels, method="majority", fit=train)
-    assert result["acc"] == result["acc_majority"] == M.accuracy(val_pred, val_labels, "majority", train)
-    assert result["acc_hungarian"] == M.accuracy(val_pred, val_labels, "hungarian", train)
+    result = M.evaluate(val_labels, val_pred, method="majority", fit=train)
+    assert result["acc"] == result["acc_majority"] == M.accuracy(val_labels, val_pred, "majority", train)
+    assert result["acc_hungarian"] == M.accuracy(val_labels, val_pred, "hungarian", train)
     assert (result["fit_on"], result["n_fit"], result["n"]) == ("train", 4_000, 1_000)
-    assert result["purity"] == M.purity(val_pred, val_labels)  # always on the evaluated split
+    assert result["purity"] == M.purity(val_labels, val_pred)  # always on the evaluated split
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -375,11 +431,11 @@ def test_evaluate_with_a_train_fit():
 )
 def test_bad_input_raises_nolabel_error(pred, labels, message):
     with pytest.raises(NolabelError, match=message):
-        M.evaluate(pred, labels)
+        M.evaluate(labels, pred)
 
 
 def test_integral_floats_and_bools_are_ids():
-    assert M.ari(np.array([0.0, 0.0, 2.0]), np.array([True, True, False])) == 1.0
+    assert M.ari(np.array([True, True, False]), np.array([0.0, 0.0, 2.0])) == 1.0
 
 
 @pytest.mark.parametrize(
@@ -388,9 +444,9 @@ def test_integral_floats_and_bools_are_ids():
         (lambda: M.accuracy([0], [0], method="greedy"), "method must be one of hungarian, majority"),
         (lambda: M.nmi([0], [0], average_method="mean"), "average_method must be one of"),
         (lambda: M.accuracy([0], [0], fit=[0, 0, 1]), "fit must be a pair"),
-        (lambda: M.top_k_accuracy(np.ones((2, 3)), [0, 1], k=4), "1 <= k <= number of clusters"),
-        (lambda: M.top_k_accuracy(np.full((2, 3), np.nan), [0, 1]), "NaN"),
-        (lambda: M.top_k_accuracy(np.ones(3), [0, 1, 2]), "expected shape"),
+        (lambda: M.top_k_accuracy([0, 1], np.ones((2, 3)), k=4), "1 <= k <= number of clusters"),
+        (lambda: M.top_k_accuracy([0, 1], np.full((2, 3), np.nan)), "NaN"),
+        (lambda: M.top_k_accuracy([0, 1, 2], np.ones(3)), "expected shape"),
     ],
 )
 def test_bad_options_raise_nolabel_error(call, message):

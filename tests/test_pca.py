@@ -137,7 +137,7 @@ def test_errors(features, tmp_path):
     with pytest.raises(NolabelError, match="at least 2 rows"):
         PCA().fit(np.zeros((1, 3)))
     with pytest.raises(NolabelError, match="positive integer"):
-        PCA(n_components=0)
+        PCA(n_components=0).fit(features)
     bad = np.array(features, dtype=np.float32)
     bad[1234, 5] = np.nan
     with pytest.raises(NolabelError, match="row 1234 contains NaN or Inf"):

@@ -46,7 +46,7 @@ def test_cluster_stage_writes_every_file_and_scores_both_protocols(tmp_path, sto
     out = tmp_path / "c"
     results = cluster_stores(train, [val], out, pca=PCAConfig(n_components=32), kmeans=KMeansConfig(n_clusters=10, random_state=1),
                              progress=False)
-    for name in ("assignments.csv", "metrics.json", "centroids.npy", "pca.npz", "run.json"):
+    for name in ("assignments.csv", "metrics.json", "centroids.npy", "pca.npz", "clustering.json", "record.json"):
         assert (out / name).exists(), name
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(results))
     assert np.load(out / "centroids.npy").shape == (10, 32)
@@ -58,11 +58,11 @@ def test_cluster_stage_writes_every_file_and_scores_both_protocols(tmp_path, sto
     np.testing.assert_array_equal(val_labels, val.labels)
     assert (train_dist >= 0).all()
     # each protocol equals the metric computed independently from the written assignments
-    assert results["val"]["fit_on_eval"]["acc"] == pytest.approx(metrics.accuracy(val_pred, val_labels))
+    assert results["val"]["fit_on_eval"]["acc"] == pytest.approx(metrics.accuracy(val_labels, val_pred))
     assert results["val"]["fit_on_train"]["acc"] == pytest.approx(
-        metrics.accuracy(val_pred, val_labels, fit=(train_pred, train_labels)))
+        metrics.accuracy(val_labels, val_pred, fit=(train_labels, train_pred)))
     assert "fit_on_train" not in results["train"]
-    assert results["train"]["fit_on_eval"]["nmi"] == pytest.approx(metrics.nmi(train_pred, train_labels))
+    assert results["train"]["fit_on_eval"]["nmi"] == pytest.approx(metrics.nmi(train_labels, train_pred))
     # digits pixels cluster far above chance (k-means on raw digits: ACC ~0.7-0.8)
     assert results["val"]["fit_on_train"]["acc"] > 0.6
     assert sum(results["train"]["cluster_sizes"]) == 1200

@@ -14,7 +14,7 @@ from report_helpers import chromium, cluster_run, console_errors, digits_run, op
 from nolabel.cli import main as cli_main
 from nolabel.errors import NolabelError
 from nolabel.report import write_report
-from nolabel.report.collect import read_assignments
+from nolabel.clustering import SourceAssignments, read_assignments
 from nolabel.report.montage import pick_members
 from nolabel.report.page import script_json
 from nolabel.store import write_store
@@ -191,7 +191,7 @@ def test_thousand_clusters_paginate(tmp_path, open_page):
     assert report.stat().st_size < 2_500_000  # one small sprite per cluster, ~2 KB each
     folder_report = write_report(run_dir, out=run_dir / "lazy.html", max_embedded_bytes=0)
     assert folder_report.stat().st_size < 600_000
-    sprites = sorted((run_dir / "lazy_files").glob("cluster-*.png"))
+    sprites = sorted((run_dir / "lazy_files").glob("clustering-0-cluster-*.png"))
     assert len(sprites) == k - int(np.sum(np.bincount(read_assignments(run_dir / "cluster" / "assignments.csv")
                                                       ["train"].cluster, minlength=k) == 0))
 
@@ -212,7 +212,7 @@ def test_thousand_clusters_paginate(tmp_path, open_page):
         assert console_errors(driver) == []
     urls = driver.execute_script(
         "return Array.from(document.querySelectorAll('.tile')).map(t => getComputedStyle(t).backgroundImage)")
-    assert urls and all("lazy_files/cluster-" in u for u in urls if u != "none")
+    assert urls and all("lazy_files/clustering-0-cluster-" in u for u in urls if u != "none")
     assert len({u for u in urls}) <= 50
 
 
@@ -222,9 +222,8 @@ def test_pick_members_takes_the_closest_then_random_others():
     rng = np.random.default_rng(1)
     cluster = rng.integers(0, 5, 300)
     distance = rng.random(300)
-    from nolabel.report.collect import SourceAssignments
-
-    members = pick_members(SourceAssignments(cluster, distance, np.full(300, -1)), n_typical=4, n_random=3)
+    members = pick_members(SourceAssignments(cluster, rng.random(300), distance, np.full(300, -1)), n_typical=4,
+                           n_random=3)
     assert sorted(members) == sorted(set(cluster.tolist()))
     for c, chosen in members.items():
         rows = np.flatnonzero(cluster == c)
@@ -247,7 +246,7 @@ def test_standalone_cluster_folder_and_cli(digits, tmp_path, capsys):
     assert cli_main(["report", str(cluster_dir), "--out", str(out), "--random", "2"]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     html = out.read_text(encoding="utf-8")
-    data = json.loads(re.search(r'id="cluster-data">(.*?)</script>', html, re.S).group(1))
+    data = json.loads(re.search(r'id="cluster-data">(.*?)</script>', html, re.S).group(1))["clusterings"][0]
     assert len(data["clusters"]) == 10 and all(len(c["tiles"]) == 10 for c in data["clusters"])
     assert "ACC fit on train" in html
 
@@ -273,7 +272,7 @@ def test_missing_dataset_still_renders(tmp_path):
     folder.rmdir()
     html = write_report(run_dir).read_text(encoding="utf-8")
     assert "Montages left out: the dataset of train could not be loaded" in html
-    data = json.loads(re.search(r'id="cluster-data">(.*?)</script>', html, re.S).group(1))
+    data = json.loads(re.search(r'id="cluster-data">(.*?)</script>', html, re.S).group(1))["clusterings"][0]
     assert [c["size"] for c in data["clusters"]] and all(c["tiles"] == [] for c in data["clusters"])
 
 

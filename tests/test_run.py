@@ -92,7 +92,7 @@ def test_run_end_to_end_then_resume_then_change_one_stage(tmp_path):
         m = row["sources"][0]["metrics"]
         assert 0.3 < m["acc"] <= 1 and 0.2 < m["nmi"] <= 1
     for path in ("config.yaml", "features/digits/manifest.json", "cluster/assignments.csv", "cluster/metrics.json",
-                 "cluster/centroids.npy", "cluster/pca.npz", "cluster/run.json", "baseline/cluster/metrics.json"):
+                 "cluster/centroids.npy", "cluster/pca.npz", "cluster/clustering.json", "baseline/cluster/metrics.json"):
         assert (out / path).exists(), path
     table = format_summary(summary)
     assert "raw pixels" in table and "ACC" in table
@@ -155,8 +155,10 @@ def test_run_with_simclr_scan_and_selflabel_adds_a_row_per_stage(tmp_path):
 
     from data_fixtures import write_mnist_folder
     from nolabel.cluster.scan import predict_scan
+    from nolabel.clustering import assign, load_clustering
     from nolabel.data import load
     from nolabel.metrics import evaluate
+    from nolabel.store import FeatureStore
 
     digits = load("digits")  # split into an MNIST-layout folder: SCAN trains on one part, scores both
     write_mnist_folder(tmp_path / "mnist", {"train": (digits.images[:1200], digits.labels[:1200]),
@@ -185,10 +187,12 @@ def test_run_with_simclr_scan_and_selflabel_adds_a_row_per_stage(tmp_path):
     # The held-out rows: the kept head (and its self-labeled version) on the test features, scored there.
     test_store = tmp_path / "r" / "features" / test_name
     for stage, extra in (("scan", {}), ("selflabel", {"selflabel_dir": tmp_path / "r" / "selflabel"})):
-        pred = np.load(tmp_path / "r" / stage / f"predictions_{test_name}.npy")
+        clustering = load_clustering(tmp_path / "r" / stage)
+        pred = clustering.assignments[test_name].cluster
         np.testing.assert_array_equal(pred, predict_scan(tmp_path / "r" / "scan", features=test_store, **extra).argmax(1))
+        np.testing.assert_array_equal(pred, assign(clustering, FeatureStore.open(test_store))[0])
         row = next(r for r in summary["rows"] if r["folder"].endswith(stage))
-        assert row["sources"][1]["metrics"]["acc"] == pytest.approx(evaluate(pred, digits.labels[1200:])["acc"])
+        assert row["sources"][1]["metrics"]["acc"] == pytest.approx(evaluate(digits.labels[1200:], pred)["acc"])
     # SCAN samples one weak and the first strong view; the strong views are written once for both stages.
     scan_json = read_json(tmp_path / "r" / "scan" / "scan.json")
     assert scan_json["augmented_views"] == 2 and scan_json["pca_components"] == 32
@@ -201,12 +205,15 @@ def test_run_with_simclr_scan_and_selflabel_adds_a_row_per_stage(tmp_path):
         "cluster: up to date", "views weak: up to date", "views strong: up to date", "scan: up to date",
         "selflabel: up to date"]
     assert again["rows"] == summary["rows"]
-    # The report browses the k-means clustering and names the stages it has no clustering folder for.
+    # The run's primary clustering is its last stage, self-labeling; the report offers every clustering.
     from nolabel.report import write_report
+    from nolabel.report.collect import read_run
 
+    assert summary["primary"] == str(tmp_path / "r" / "selflabel")
+    assert read_run(tmp_path / "r").main.method == "cnn28 (SimCLR) + SCAN + self-labeling"
     html = write_report(tmp_path / "r", progress=False).read_text(encoding="utf-8")
-    assert "cnn28 (SimCLR) + SCAN: scored in summary.json" in html
-    assert "cnn28 (SimCLR) + SCAN + self-labeling: scored in summary.json" in html
+    assert '<option value="2" selected>cnn28 (SimCLR) + SCAN + self-labeling</option>' in html
+    assert '<option value="0">cnn28 (SimCLR) + PCA + k-means</option>' in html
 
 
 def test_run_config_rejects_contradictory_stages():
@@ -242,7 +249,7 @@ def test_a_changed_upstream_setting_reruns_everything_downstream(tmp_path):
         "baseline features digits: up to date", "baseline cluster: up to date"]
     for stage, before in fingerprints.items():
         assert record.read(out / stage)["fingerprint"] != before, stage
-    assert json.loads((out / "cluster" / "run.json").read_text())["settings"]["inputs"][0]["features"] == \
+    assert json.loads((out / "cluster" / "clustering.json").read_text())["settings"]["inputs"][0]["features"] == \
         record.read(out / "features/digits")["fingerprint"]
     assert second["rows"][0]["sources"][0]["metrics"] != first["rows"][0]["sources"][0]["metrics"]
     # ... and the row reported is the one this configuration produced

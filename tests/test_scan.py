@@ -9,6 +9,7 @@ from nolabel.cluster.neighbors import mine_neighbors
 from nolabel.cluster.scan import (ClusterHeads, ScanConfig, entropy, load_scan, predict_scan, scan_loss,
                                   scan_loss_of_probabilities, select_head, train_scan_features)
 from nolabel.errors import NolabelError
+from nolabel.io import read_json
 from nolabel.metrics import evaluate
 
 
@@ -87,7 +88,7 @@ def test_heads_on_features_find_separated_clusters_and_keep_lowest_loss_head(tmp
     nb = mine_neighbors(x, n_neighbors=10)
     config = ScanConfig(n_clusters=4, n_heads=3, epochs=15, batch_size=100, lr=1e-2)
     result = train_scan_features(x, nb, config, out_dir=tmp_path, show_progress=False)
-    assert evaluate(result.predictions, y)["acc"] > 0.95
+    assert evaluate(y, result.predictions)["acc"] > 0.95
     assert result.best_head == int(np.argmin([h["total"] for h in result.head_losses]))
     heads, best, saved = load_scan(tmp_path / "scan.pt")
     assert best == result.best_head
@@ -137,9 +138,12 @@ def test_cluster_heads_shapes_and_validation():
 
 
 def test_cli_scan_then_selflabel_on_digits_pixels(tmp_path, capsys):
+    import re
+
     from sklearn.datasets import load_digits
 
     from nolabel.cli import main
+    from nolabel.clustering import load_clustering
     from nolabel.store import write_store
 
     digits = load_digits()
@@ -158,12 +162,13 @@ def test_cli_scan_then_selflabel_on_digits_pixels(tmp_path, capsys):
     assert main(train_args + ["--eval-features", str(tmp_path / "heldout")]) == 0
     out = capsys.readouterr().out
     assert "head" in out and "neighbour purity" in out
-    held = np.load(tmp_path / "scan" / "predictions_heldout.npy")
-    assert "heldout: 500 images assigned; ACC" in out and held.shape == (500,)
+    held = load_clustering(tmp_path / "scan").assignments["heldout"].cluster
+    assert re.search(r"\nheldout +fit_on_eval +500 +0\.\d{4}", out) and held.shape == (500,)
+    np.testing.assert_array_equal(held, np.load(tmp_path / "scan" / "probabilities_heldout.npy").argmax(1))
     # The noise moves few of them to another cluster than the training assigned.
     assert np.mean(held == np.load(tmp_path / "scan" / "predictions.npy")[:500]) > 0.9
-    summary = __import__("json").loads((tmp_path / "scan" / "scan.json").read_text())
-    assert summary["metrics"]["acc"] > 0.6  # k-means on these pixels reaches ~0.7-0.8
+    summary = __import__("json").loads((tmp_path / "scan" / "metrics.json").read_text())
+    assert summary["train"]["fit_on_eval"]["acc"] > 0.6  # k-means on these pixels reaches ~0.7-0.8
     assert np.load(tmp_path / "scan" / "predictions.npy").shape == (len(x),)
     # Refuses to overwrite without --force.
     assert main(["scan", "--features", str(tmp_path / "feats"), "--out", str(tmp_path / "scan"), "--quiet"]) == 2
@@ -171,8 +176,9 @@ def test_cli_scan_then_selflabel_on_digits_pixels(tmp_path, capsys):
                  "--augmented", str(tmp_path / "aug"), "--out", str(tmp_path / "sl"), "--epochs", "3",
                  "--threshold", "0.9", "--eval-features", str(tmp_path / "heldout"), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "self-labeled: ACC" in out and "heldout: 500 images assigned; ACC" in out
-    assert (tmp_path / "sl" / "predictions_heldout.npy").exists()
+    assert re.search(r"\ntrain +fit_on_eval +1797 +0\.\d{4}", out)
+    assert re.search(r"\nheldout +fit_on_eval +500 +0\.\d{4}", out)
+    assert load_clustering(tmp_path / "sl").assignments["heldout"].cluster.shape == (500,)
     assert (tmp_path / "sl" / "selflabel.json").exists()
 
 
@@ -233,7 +239,7 @@ def test_simclr_scan_and_selflabel_under_torchrun_with_two_gloo_processes(tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     pred = np.load(tmp_path / "pred.npy")
     y = np.repeat(np.arange(3), 80)
-    assert evaluate(pred, y)["acc"] > 0.95
+    assert evaluate(y, pred)["acc"] > 0.95
     assert (tmp_path / "scan.pt").exists()
     assert (tmp_path / "simclr" / "backbone.pt").exists()
 
@@ -263,7 +269,8 @@ def test_whole_network_mode_trains_backbone_and_heads_then_self_labels(tmp_path)
     summary = run_selflabel(tmp_path / "scan", tmp_path / "sl", data="digits", image_size=16,
                             config=SelfLabelConfig(threshold=float(np.median(result.probabilities.max(1))), epochs=1,
                                                    batch_size=256), show_progress=False)
-    assert summary["mode"] == "network" and summary["metrics"]["n"] == 1797 and not summary["skipped"]
+    trained = read_json(tmp_path / "sl" / "selflabel.json")
+    assert trained["mode"] == "network" and summary["train"]["n"] == 1797 and not trained["skipped"]
     # New images go through the backbone SCAN trained, then the self-labeled one: the training's own
     # predictions on the same images come back.
     np.testing.assert_allclose(predict_scan(tmp_path / "scan", data="digits", image_size=16),
@@ -319,7 +326,8 @@ def test_scan_stage_pca_feeds_neighbours_heads_and_selflabel(tmp_path):
     config = ScanConfig(n_clusters=10, n_heads=2, epochs=30, batch_size=256, lr=1e-2, hidden_dim=64, n_neighbors=10)
     summary = run_scan(tmp_path / "scan", features=tmp_path / "feats", augmented=[tmp_path / "aug"],
                        pca_components=16, config=config, show_progress=False)
-    assert summary["pca_components"] == 16 and summary["metrics"]["acc"] > 0.6
+    assert read_json(tmp_path / "scan" / "scan.json")["pca_components"] == 16
+    assert summary["train"]["fit_on_eval"]["acc"] > 0.6
     heads, _, _ = load_scan(tmp_path / "scan" / "scan.pt")
     assert heads.in_dim == 16
     # Neighbours were mined in the PCA space: compare with scikit-learn's PCA (float64).
@@ -331,7 +339,7 @@ def test_scan_stage_pca_feeds_neighbours_heads_and_selflabel(tmp_path):
     sl = run_selflabel(tmp_path / "scan", tmp_path / "sl", features=tmp_path / "feats",
                        augmented=[tmp_path / "aug"], config=SelfLabelConfig(threshold=0.9, epochs=2, lr=1e-3),
                        show_progress=False)
-    assert sl["metrics"]["acc"] > 0.6
+    assert sl["train"]["fit_on_eval"]["acc"] > 0.6
     # Assigning images later goes through the same PCA and head (or its self-labeled version).
     np.testing.assert_allclose(predict_scan(tmp_path / "scan", features=tmp_path / "feats"),
                                np.load(tmp_path / "scan" / "probabilities.npy"), atol=1e-6)
@@ -388,13 +396,13 @@ def test_scan_and_selflabel_train_on_the_gpu_and_hand_back_cpu_modules(tmp_path)
     nb = mine_neighbors(x, n_neighbors=10)
     config = ScanConfig(n_clusters=4, n_heads=2, epochs=20, batch_size=100, lr=1e-2, hidden_dim=32, device="cuda")
     result = train_scan_features(x, nb, config, out_dir=tmp_path / "scan", show_progress=False)
-    assert evaluate(result.predictions, y)["acc"] > 0.95
+    assert evaluate(y, result.predictions)["acc"] > 0.95
     assert all(p.device.type == "cpu" for p in result.heads.parameters())
     head = result.heads.single(result.best_head)
     sl = train_selflabel_features(x, head, result.probabilities,
                                   SelfLabelConfig(threshold=0.9, epochs=2, lr=1e-3, device="cuda"),
                                   out_dir=tmp_path / "sl", show_progress=False)
-    assert evaluate(sl.predictions, y)["acc"] > 0.95
+    assert evaluate(y, sl.predictions)["acc"] > 0.95
     assert all(p.device.type == "cpu" for p in head.parameters())
 
 

@@ -129,10 +129,18 @@ class SimCLRConfig:
             raise NolabelError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
 
 
+# Adam's learning rate for SCAN heads on frozen features: the default of `train_scan_features`
+# without a config, of `nolabel scan --features` and of the `SCAN` estimator. ScanConfig's `lr`
+# default (1e-4) is the whole-network one.
+SCAN_FEATURES_LR = 1e-3
+
+
 @dataclass
 class ScanConfig:
-    """Hyper-parameters of SCAN training (defaults: SCAN's CIFAR settings, Adam lr 1e-4 for the
-    whole network; heads on frozen features train with a larger lr)."""
+    """Hyper-parameters of SCAN training (defaults: SCAN's CIFAR settings). The `lr` default, Adam
+    1e-4, is for the whole network (`train_scan_network`, `nolabel scan --data`); heads on frozen
+    features train with `SCAN_FEATURES_LR` = 1e-3 (`train_scan_features` without a config, `nolabel
+    scan --features`, the `SCAN` estimator)."""
 
     n_clusters: int = 10
     n_heads: int = 10

@@ -1,23 +1,30 @@
 """Cluster quality against ground-truth labels: contingency, cluster→class mappings, ACC, NMI,
 AMI, ARI, mutual information, purity and top-k accuracy.
 
-Everything is derived from one contingency matrix, built once per (predictions, labels) pair::
+Every function takes scikit-learn's argument order, ``(labels_true, labels_pred)``: the true class
+ids first, the predicted cluster ids second (``top_k_accuracy(labels_true, scores)`` likewise). The
+order matters: accuracy and purity are not symmetric (with more clusters than classes, swapping the
+arguments gives a different number and no error).
 
-    c = contingency(pred, labels)        # Contingency: counts (K, C), clusters (K,), classes (C,)
+Everything is derived from one contingency matrix, built once per (labels_true, labels_pred) pair::
+
+    c = contingency(labels_true, labels_pred)  # counts (K, C), clusters (K,), classes (C,)
     c.nmi(), c.ami(), c.ari(), c.purity(), c.accuracy(c.mapping("hungarian"))
 
-or all at once with :func:`evaluate`. NMI, AMI, ARI and MI equal scikit-learn's values (to
-floating-point rounding, tested to 1e-9) including its conventions for degenerate labelings; the
-expected mutual information behind AMI is computed exactly but far faster than scikit-learn's
-(see :func:`expected_mutual_info`).
+or all at once with :func:`evaluate`. Its counts have one row per cluster and one column per class,
+the transpose of scikit-learn's ``contingency_matrix(labels_true, labels_pred)``. NMI, AMI, ARI and
+MI equal scikit-learn's values (to floating-point rounding, tested to 1e-9) including its
+conventions for degenerate labelings; the expected mutual information behind AMI is computed
+exactly but far faster than scikit-learn's (see :func:`expected_mutual_info`).
 
 Evaluation protocol (see DESIGN.md): a mapping sends every cluster to one class. "hungarian" is the
 one-to-one matching of ``scipy.optimize.linear_sum_assignment(counts, maximize=True)`` on the
 rectangular matrix, clusters left unmatched (K > C) taking their majority class; "majority" sends
 every cluster to its majority class. The mapping is fitted either on the evaluated predictions
 themselves (``fit=None``, SCAN's protocol, reported as ``fit_on="eval"``) or on separate
-predictions such as the train split's (``fit=(fit_pred, fit_labels)``, the unsupervised protocol of
-Zheltonozhskii et al., ``fit_on="train"``); clusters never seen when fitting count as wrong.
+predictions such as the train split's (``fit=(fit_labels_true, fit_labels_pred)``, in the same
+scikit-learn order; the unsupervised protocol of Zheltonozhskii et al., ``fit_on="train"``);
+clusters never seen when fitting count as wrong.
 """
 from __future__ import annotations
 
@@ -32,6 +39,31 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .errors import NolabelError
+
+__all__ = [
+    "AVERAGE_METHODS",
+    "MAPPING_METHODS",
+    "AverageMethod",
+    "ClusterMapping",
+    "Contingency",
+    "MappingMethod",
+    "accuracy",
+    "ami",
+    "ari",
+    "as_ids",
+    "assign_classes",
+    "contingency",
+    "evaluate",
+    "evaluate_contingency",
+    "expected_mutual_info",
+    "load_ids",
+    "map_clusters",
+    "mutual_info",
+    "nmi",
+    "purity",
+    "top_k_accuracy",
+    "top_k_accuracy_from_mapping",
+]
 
 MappingMethod = Literal["hungarian", "majority"]
 AverageMethod = Literal["arithmetic", "geometric", "min", "max"]
@@ -192,13 +224,15 @@ class Contingency:
         return int(self.counts[hit, col[hit]].sum()) / self.n
 
 
-def contingency(pred, labels) -> Contingency:
+def contingency(labels_true, labels_pred) -> Contingency:
     """Contingency of predicted clusters (rows) against true classes (columns).
 
-    pred, labels: (N,) integer ids, any values (negative and non-contiguous too).
+    labels_true: (N,) class ids; labels_pred: (N,) cluster ids; any integer values (negative and
+    non-contiguous too). Argument order is scikit-learn's; the counts are (clusters, classes), the
+    transpose of ``sklearn.metrics.cluster.contingency_matrix(labels_true, labels_pred)``.
     """
-    pred = as_ids(pred, "pred")
-    labels = as_ids(labels, "labels")
+    labels = as_ids(labels_true, "labels")
+    pred = as_ids(labels_pred, "pred")
     _check_same_length(pred, labels, "pred", "labels")
     clusters, pred_codes = _encode(pred)
     classes, label_codes = _encode(labels)
@@ -233,59 +267,64 @@ def map_clusters(c: Contingency, method: MappingMethod = "hungarian") -> Cluster
     return c.mapping(method)
 
 
-def accuracy(pred, labels, method: MappingMethod = "hungarian", fit=None) -> float:
+def accuracy(labels_true, labels_pred, method: MappingMethod = "hungarian", fit=None) -> float:
     """Clustering accuracy after mapping clusters to classes.
 
-    fit: None to fit the mapping on (pred, labels) themselves, or (fit_pred, fit_labels), e.g. the
-    train split's predictions, to fit it there and apply it to pred.
+    labels_true: (N,) class ids; labels_pred: (N,) cluster ids (scikit-learn's order; the result
+    is not symmetric in them). fit: None to fit the mapping on (labels_true, labels_pred)
+    themselves, or a pair (fit_labels_true, fit_labels_pred) in the same order, e.g. the train
+    split's, to fit it there and apply it to labels_pred.
     """
     _check_choice("method", method, MAPPING_METHODS)
-    c = contingency(pred, labels)
+    c = contingency(labels_true, labels_pred)
     return c.accuracy(_fit_contingency(c, fit).mapping(method))
 
 
-def mutual_info(pred, labels) -> float:
-    return contingency(pred, labels).mutual_info()
+def mutual_info(labels_true, labels_pred) -> float:
+    return contingency(labels_true, labels_pred).mutual_info()
 
 
-def nmi(pred, labels, average_method: AverageMethod = "arithmetic") -> float:
-    return contingency(pred, labels).nmi(average_method)
+def nmi(labels_true, labels_pred, average_method: AverageMethod = "arithmetic") -> float:
+    return contingency(labels_true, labels_pred).nmi(average_method)
 
 
-def ami(pred, labels, average_method: AverageMethod = "arithmetic") -> float:
-    return contingency(pred, labels).ami(average_method)
+def ami(labels_true, labels_pred, average_method: AverageMethod = "arithmetic") -> float:
+    return contingency(labels_true, labels_pred).ami(average_method)
 
 
-def ari(pred, labels) -> float:
-    return contingency(pred, labels).ari()
+def ari(labels_true, labels_pred) -> float:
+    return contingency(labels_true, labels_pred).ari()
 
 
-def purity(pred, labels) -> float:
-    return contingency(pred, labels).purity()
+def purity(labels_true, labels_pred) -> float:
+    """Fraction of samples in their cluster's majority class (not symmetric in the arguments)."""
+    return contingency(labels_true, labels_pred).purity()
 
 
 def top_k_accuracy(
-    scores, labels, k: int = 5, method: MappingMethod = "hungarian", fit=None
+    labels_true, scores, k: int = 5, method: MappingMethod = "hungarian", fit=None
 ) -> float:
     """Fraction of samples whose class is among the classes of their k highest-scoring clusters.
 
-    scores: (N, K) cluster scores (column j is cluster id j); labels: (N,) class ids. Clusters
-    are mapped to classes by ``method``, fitted on the argmax predictions (fit=None) or on
-    fit=(fit_pred, fit_labels). Ties among scores are broken arbitrarily.
+    labels_true: (N,) class ids; scores: (N, K) cluster scores (column j is cluster id j), in
+    scikit-learn's ``top_k_accuracy_score(y_true, y_score)`` order. Clusters are mapped to classes
+    by ``method``, fitted on the argmax predictions (fit=None) or on
+    fit=(fit_labels_true, fit_labels_pred). Ties among scores are broken arbitrarily.
     """
     _check_choice("method", method, MAPPING_METHODS)
     scores = _as_scores(scores)
-    labels = as_ids(labels, "labels")
+    labels = as_ids(labels_true, "labels")
     _check_same_length(scores, labels, "scores", "labels")
     pred = np.argmax(scores, axis=1)
-    fitted = _fit_contingency(contingency(pred, labels), fit)
-    return top_k_accuracy_from_mapping(scores, labels, k, fitted.mapping(method))
+    fitted = _fit_contingency(contingency(labels, pred), fit)
+    return top_k_accuracy_from_mapping(labels, scores, k, fitted.mapping(method))
 
 
 def top_k_accuracy_from_mapping(
-    scores: np.ndarray, labels: np.ndarray, k: int, mapping: ClusterMapping
+    labels_true: np.ndarray, scores: np.ndarray, k: int, mapping: ClusterMapping
 ) -> float:
-    """Top-k accuracy of (N, K) scores under a fitted mapping (unseen clusters never match)."""
+    """Top-k accuracy of (N, K) scores against (N,) class ids under a fitted mapping (unseen
+    clusters never match)."""
     n, n_clusters = scores.shape
     if not 1 <= k <= n_clusters:
         raise NolabelError(f"top-k needs 1 <= k <= number of clusters ({n_clusters}); got k={k}")
@@ -294,14 +333,15 @@ def top_k_accuracy_from_mapping(
     for start in range(0, n, 1 << 16):  # chunks bound the (rows x K) argpartition temporaries
         block = scores[start : start + (1 << 16)]
         top = np.argpartition(-block, k - 1, axis=1)[:, :k]
-        match = (cluster_class[top] == labels[start : start + len(block), None]) & cluster_seen[top]
+        true = labels_true[start : start + len(block), None]
+        match = (cluster_class[top] == true) & cluster_seen[top]
         correct += int(match.any(axis=1).sum())
     return correct / n
 
 
 def evaluate(
-    pred,
-    labels,
+    labels_true,
+    labels_pred,
     *,
     method: MappingMethod = "hungarian",
     fit=None,
@@ -311,12 +351,13 @@ def evaluate(
 ) -> dict:
     """All metrics of one evaluation, from a single contingency matrix.
 
-    pred, labels: (N,) ids. fit: None (mappings fitted on pred itself) or (fit_pred, fit_labels).
-    scores: optional (N, K) cluster scores (column j = cluster id j) adding ``top{top_k}_acc``.
-    Returns the dict of :func:`evaluate_contingency`.
+    labels_true: (N,) class ids; labels_pred: (N,) cluster ids (scikit-learn's order).
+    fit: None (mappings fitted on labels_pred itself) or a pair (fit_labels_true, fit_labels_pred)
+    in the same order, e.g. the train split's. scores: optional (N, K) cluster scores (column j =
+    cluster id j) adding ``top{top_k}_acc``. Returns the dict of :func:`evaluate_contingency`.
     """
-    pred, labels = as_ids(pred, "pred"), as_ids(labels, "labels")
-    c = contingency(pred, labels)
+    pred, labels = as_ids(labels_pred, "pred"), as_ids(labels_true, "labels")
+    c = contingency(labels, pred)
     fitted = _fit_contingency(c, fit)
     result = evaluate_contingency(
         c, method=method, fit=None if fit is None else fitted, average_method=average_method
@@ -325,7 +366,7 @@ def evaluate(
         scores = _as_scores(scores)
         _check_same_length(scores, pred, "scores", "pred")
         mapping = fitted.mapping(method)
-        result[f"top{top_k}_acc"] = top_k_accuracy_from_mapping(scores, labels, top_k, mapping)
+        result[f"top{top_k}_acc"] = top_k_accuracy_from_mapping(labels, scores, top_k, mapping)
     return result
 
 
@@ -592,10 +633,10 @@ def _fit_contingency(evaluated: Contingency, fit) -> Contingency:
     if fit is None:
         return evaluated
     try:
-        fit_pred, fit_labels = fit
+        fit_labels_true, fit_labels_pred = fit
     except (TypeError, ValueError):
-        raise NolabelError("fit must be a pair (fit_pred, fit_labels)") from None
-    return contingency(fit_pred, fit_labels)
+        raise NolabelError("fit must be a pair (fit_labels_true, fit_labels_pred)") from None
+    return contingency(fit_labels_true, fit_labels_pred)
 
 
 def _encode(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -24,8 +24,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from . import store
 from .cluster import pca_kmeans
 from .config import PCAConfig, RunConfig, dump_config, load_config
@@ -71,6 +69,7 @@ class _Job:
         self.weights, self.trained_by = cfg.model.weights, ""
         self.stores: dict[str, list[store.FeatureStore]] = {"features": [], "baseline": []}
         self.rows: list[dict[str, Any]] = []
+        self.primary: str | None = None  # the folder of the last clustering stage but the baseline
         self.timings: dict[str, float] = {}
 
     def walk(self, stage: Stage) -> None:
@@ -94,7 +93,7 @@ def run(cfg: RunConfig, out: str | os.PathLike | None = None, *, force: bool = F
     job = _Job(cfg, out, progress, log)
     for stage in _stages(job):
         job.walk(stage)
-    summary = {"name": cfg.name, "folder": str(out), "rows": job.rows,
+    summary = {"name": cfg.name, "folder": str(out), "rows": job.rows, "primary": job.primary,
                "timings_seconds": {k: round(v, 2) for k, v in job.timings.items()}}
     write_json(out / "summary.json", summary)
     if cfg.report:
@@ -122,7 +121,7 @@ def _stages(job: _Job) -> Iterator[Stage]:
                             cfg.extract.image_size))
     yield Stage("cluster", out / "cluster", f"PCA {cfg.pca.n_components if cfg.pca.enabled else 'off'} + "
                 f"k-means k={cfg.kmeans.n_clusters}", lambda: job.rows.append(_cluster(
-                    job, job.stores["features"], out / "cluster", f"{cfg.model.name}{job.trained_by} + PCA + k-means")))
+                    job, job.stores["features"], out / "cluster")))
     if cfg.scan is not None:
         yield from _scan_stages(job)
     if cfg.baseline.enabled:
@@ -132,7 +131,7 @@ def _stages(job: _Job) -> Iterator[Stage]:
                         partial(_extract, job, "baseline", spec, folder, "pixels", None, cfg.baseline.image_size))
         yield Stage("baseline cluster", out / "baseline" / "cluster", f"PCA + k-means k={cfg.kmeans.n_clusters}",
                     lambda: job.rows.append(_cluster(job, job.stores["baseline"], out / "baseline" / "cluster",
-                                                     "raw pixels + PCA + k-means")))
+                                                     backbone="raw pixels")))
 
 
 def _records(folder: Path) -> dict[str, str]:
@@ -229,66 +228,50 @@ def _scan_stages(job: _Job) -> Iterator[Stage]:
                         partial(write_views, kind))
 
     def inputs(**more: Any) -> dict[str, Any]:
+        evals = job.stores["features"][1:]
         if network:
-            return {"data": cfg.data.train, "model": cfg.model.name, "image_size": image_size, **more}
-        return {"features": str(job.stores["features"][0].path)}
-
-    method = f"{cfg.model.name}{job.trained_by} + SCAN"
+            return {"data": cfg.data.train, "model": cfg.model.name, "image_size": image_size,
+                    "eval_data": cfg.data.eval, **more}
+        return {"features": str(job.stores["features"][0].path), "eval_features": [s.path for s in evals]}
 
     def train_scan() -> None:
         run_scan(out / "scan", **inputs(weights=job.weights),
                  augmented=views["weak"][:scan.weak_views] + views["strong"][:scan.strong_views],
-                 pca_components=scan.pca, config=scan.library_config(),
+                 pca_components=scan.pca, config=scan.library_config(), evaluate=cfg.evaluate,
                  force=True, show_progress=job.progress)
-        job.rows.append(_predictions_row(method, out / "scan", job.stores["features"], cfg))
+        job.rows.append(_row(job, out / "scan"))
 
     yield Stage("scan", out / "scan", f"{scan.n_heads} heads, K = {scan.n_clusters}, {scan.mode} mode", train_scan)
     if cfg.selflabel is not None:
         def train_selflabel() -> None:
             run_selflabel(out / "scan", out / "selflabel", **inputs(),
                           augmented=views["strong"][:cfg.selflabel.strong_views],
-                          config=cfg.selflabel.library_config(), force=True, show_progress=job.progress)
-            job.rows.append(_predictions_row(method + " + self-labeling", out / "selflabel", job.stores["features"],
-                                             cfg, scan_dir=out / "scan"))
+                          config=cfg.selflabel.library_config(), evaluate=cfg.evaluate, force=True,
+                          show_progress=job.progress)
+            job.rows.append(_row(job, out / "selflabel"))
 
         yield Stage("selflabel", out / "selflabel", f"confidence > {cfg.selflabel.threshold}", train_selflabel)
 
 
-def _predictions_row(method: str, folder: Path, stores: list[store.FeatureStore], cfg: RunConfig,
-                     scan_dir: Path | None = None) -> dict[str, Any]:
-    """A results row for a SCAN stage (`folder` = scan_dir) or a self-labeling one (`folder`, made from
-    `scan_dir`): the train set from the stage's predictions.npy, each eval set assigned by its head
-    (written to predictions_<name>.npy). Each set's cluster -> class mapping is fitted on that set."""
-    from . import metrics
-    from .cluster.scan import predict_scan
-    from .io import save_npy
+def _row(job: _Job, folder: Path, backbone: str | None = None) -> dict[str, Any]:
+    """The results row of a clustering stage (any method): each source's metrics under the mapping
+    fitted on that source (and, for eval sets, the one fitted on train)."""
+    from .clustering import load_clustering
 
-    def score(pred: np.ndarray, labels: np.ndarray) -> dict[str, float] | None:
-        known = labels >= 0
-        if not known.any():
-            return None
-        scored = metrics.evaluate(pred[known], labels[known], method=cfg.evaluate.mapping,
-                                  average_method=cfg.evaluate.average_method)
-        return {m: scored[m] for m in SUMMARY_METRICS}
-
-    network = cfg.scan.mode == "network"
-    names = store.source_names(stores)
+    clustering = load_clustering(folder)
     sources = []
-    for i, (name, s) in enumerate(zip(names, stores)):
-        if i == 0:
-            pred = np.load(folder / "predictions.npy")
-        else:
-            spec = cfg.data.eval[i - 1]
-            pred = predict_scan(scan_dir or folder, features=None if network else s.path, data=spec if network else None,
-                                image_size=cfg.extract.image_size, selflabel_dir=folder if scan_dir else None,
-                                device=cfg.scan.device).argmax(1)
-            if len(pred) != s.n:
-                raise NolabelError(f"{spec}: {len(pred)} images predicted for {s.n} feature rows")
-            save_npy(folder / f"predictions_{name}.npy", pred.astype(np.int64))
-        sources.append({"name": name, "data": s.manifest.get("dataset"), "n": int(len(pred)),
-                        "metrics": score(pred, s.labels), "metrics_fit_on_train": None})
-    return {"method": method, "folder": str(folder), "protocol": None, "sources": sources}
-
+    for name in clustering.sources:
+        entry = clustering.metrics[name]
+        scored = entry.get("fit_on_eval")
+        sources.append({"name": name, "data": clustering.dataset(name), "n": entry["n"],
+                        "metrics": {m: scored[m] for m in SUMMARY_METRICS} if scored else None,
+                        "metrics_fit_on_train": entry.get("fit_on_train")})
+    evaluate = job.cfg.evaluate
+    if backbone is None:  # the run's own backbone, not the raw-pixel reference
+        job.primary = str(folder)
+    return {"method": f"{backbone or job.cfg.model.name + job.trained_by} + {clustering.method}",
+            "folder": str(folder), "sources": sources,
+            "protocol": f"{evaluate.mapping} mapping fitted on each evaluated set; NMI/AMI {evaluate.average_method}"}
 
 
 def _extract(job: _Job, family: str, spec: str, folder: Path, model: str, weights: str | None,
@@ -303,19 +286,12 @@ def _extract(job: _Job, family: str, spec: str, folder: Path, model: str, weight
                                       force=True, progress=job.progress))
 
 
-def _cluster(job: _Job, stores: list[store.FeatureStore], folder: Path, method: str) -> dict[str, Any]:
+def _cluster(job: _Job, stores: list[store.FeatureStore], folder: Path, backbone: str | None = None
+             ) -> dict[str, Any]:
     cfg = job.cfg
-    results = pca_kmeans.cluster_stores(stores[0], stores[1:], folder, pca=_fit_pca_to(cfg.pca, stores[0]),
-                                      kmeans=cfg.kmeans, evaluate=cfg.evaluate, force=True, progress=job.progress)
-    sources = []
-    for name, s in zip(store.source_names(stores), stores):
-        entry = results[name]
-        scored = entry.get("fit_on_eval")
-        sources.append({"name": name, "data": s.manifest.get("dataset"), "n": entry["n"],
-                        "metrics": {m: scored[m] for m in SUMMARY_METRICS} if scored else None,
-                        "metrics_fit_on_train": entry.get("fit_on_train")})
-    protocol = f"{cfg.evaluate.mapping} mapping fitted on each evaluated set; NMI/AMI {cfg.evaluate.average_method}"
-    return {"method": method, "folder": str(folder), "sources": sources, "protocol": protocol}
+    pca_kmeans.cluster_stores(stores[0], stores[1:], folder, pca=_fit_pca_to(cfg.pca, stores[0]), kmeans=cfg.kmeans,
+                              evaluate=cfg.evaluate, force=True, progress=job.progress)
+    return _row(job, folder, backbone)
 
 
 def _fit_pca_to(pca: PCAConfig, train: store.FeatureStore) -> PCAConfig:

@@ -160,11 +160,16 @@ def write_store(
 
 def source_names(stores: Sequence[FeatureStore]) -> list[str]:
     """The `source` name of each store: "train" for the first, then each store's folder name (made unique)."""
-    names = ["train"]
-    for s in stores[1:]:
-        base = s.path.name or "eval"
-        name, i = base, 2
-        while name in names:
-            name, i = f"{base}-{i}", i + 1
-        names.append(name)
-    return names
+    return unique_names(["train", *(s.path.name or "eval" for s in stores[1:])])
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """`names` with repeats made unique by a suffix: a, a-2, a-3, ..."""
+    seen, unique = set(), []
+    for name in names:
+        candidate, i = name, 2
+        while candidate in seen:
+            candidate, i = f"{name}-{i}", i + 1
+        seen.add(candidate)
+        unique.append(candidate)
+    return unique

@@ -80,7 +80,8 @@ def sweep(
                 if (dim, k, seed) in done:
                     continue
                 x = _slice(projected["train"], dim, l2_normalize)
-                model = KMeans(n_clusters=k, max_iter=max_iter, spherical=spherical, seed=seed, verbose=False)
+                model = KMeans(n_clusters=k, n_init=1, max_iter=max_iter, spherical=spherical, random_state=seed,
+                               verbose=False)
                 train_pred = model.fit_predict(x)
                 rows = []
                 for name, features in projected.items():
@@ -91,9 +92,9 @@ def sweep(
                         continue
                     fits = {"fit_on_eval": None}
                     if name != "train":
-                        fits["fit_on_train"] = (train_pred[train_labels >= 0], train_labels[train_labels >= 0])
+                        fits["fit_on_train"] = (train_labels[train_labels >= 0], train_pred[train_labels >= 0])
                     for protocol, fit in fits.items():
-                        m = metrics.evaluate(pred[known], labels[known], method=mapping, fit=fit)
+                        m = metrics.evaluate(labels[known], pred[known], method=mapping, fit=fit)
                         rows.append([dim, k, seed, name, protocol, m["acc"], m["nmi"], m["ari"], m["ami"],
                                      float(model.inertia_)])
                 _append(csv_path, rows)

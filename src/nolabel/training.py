@@ -1,6 +1,7 @@
 """Shared pieces of nolabel's training loops (SimCLR, SCAN, self-labeling, DeepCluster).
 
 - `cosine_lr`: the learning rate of a cosine schedule with linear warm-up, per step;
+- `seeded`: a block run with torch's global RNG seeded, the caller's RNG state restored after it;
 - `TrainingState`: save/resume of everything a loop needs to continue exactly (model and head
   weights, optimizer, epoch, history, random generator), written atomically once per epoch;
 - `progress`: an iterable's progress display (`nolabel.progress`) on the main process only;
@@ -15,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +45,25 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def seeded_generator(seed: int) -> torch.Generator:
-    """A CPU generator for augmentation and sampling; also seeds torch's global RNG (weight init)."""
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+@contextmanager
+def seeded(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Run a block - a training's weight initialisation, its loop - with torch's global random
+    generators seeded with `seed`, and hand the caller's back afterwards: what draws from them
+    (initialisation, dropout) is reproducible, and calling a training function leaves the caller's
+    random state as it was. Every training function seeds through this, never `torch.manual_seed`.
+
+    The generators are the CPU's and, when `device` is (or "auto" resolves to) a CUDA device, that
+    device's, saved and restored by `torch.random.fork_rng`. Other GPUs are neither seeded nor
+    touched (`torch.manual_seed` would seed them all - or, before CUDA starts, queue the seed for the
+    caller's first CUDA use). Data order and augmentation draw from explicit `torch.Generator`s.
+    """
+    device = distributed.resolve_device(device) if isinstance(device, str) else torch.device(device)
+    gpus = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
+        torch.random.default_generator.manual_seed(seed)
+        for gpu in gpus:
+            torch.cuda.default_generators[gpu].manual_seed(seed)
+        yield
 
 
 class TrainingState:

@@ -2,7 +2,8 @@
 
 Scores each eval set twice: with the cluster->class mapping fitted on the train features (the fully
 unsupervised protocol of Zheltonozhskii et al.) and fitted on the eval set itself (SCAN's).
-Writes assignments.csv, metrics.json, centroids.npy, pca.npz and run.json into --out.
+Writes the clustering into --out: assignments.csv, metrics.json, clustering.json, centroids.npy, pca.npz
+(`nolabel.clustering`; `nolabel report DIR` shows it).
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..cluster.pca_kmeans import cluster_stores, format_metrics
+    from ..cluster.pca_kmeans import cluster_stores
+    from ..clustering import format_metrics
     from ..config import EvaluateConfig, KMeansConfig, PCAConfig
     from ..store import FeatureStore
 

@@ -6,6 +6,10 @@ Each FILE holds one integer id per sample, in the same sample order: a 1-D .npy 
 "cluster", is skipped). By default the cluster -> class mapping is fitted on the evaluated
 predictions themselves; give --fit-pred and --fit-labels (e.g. the train split) to fit it there and
 apply it to --pred (clusters never seen when fitting count as wrong).
+
+--clustering DIR scores a clustering folder of any method (`nolabel cluster`, `scan`, `selflabel`,
+a run's stages): every source it assigned that has labels, with the mapping fitted on the source
+itself and, for eval sources, fitted on the train source.
 """
 from __future__ import annotations
 
@@ -30,8 +34,9 @@ _ROWS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pred", required=True, metavar="FILE", help="predicted cluster ids")
-    parser.add_argument("--labels", required=True, metavar="FILE", help="true class ids")
+    parser.add_argument("--pred", metavar="FILE", help="predicted cluster ids")
+    parser.add_argument("--labels", metavar="FILE", help="true class ids")
+    parser.add_argument("--clustering", metavar="DIR", help="a clustering folder to score (instead of --pred)")
     parser.add_argument("--fit-pred", metavar="FILE", help="cluster ids to fit the mapping on")
     parser.add_argument("--fit-labels", metavar="FILE", help="class ids to fit the mapping on")
     parser.add_argument(
@@ -48,14 +53,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..metrics import evaluate, load_ids
 
+    if args.clustering is not None:
+        if args.pred or args.labels or args.fit_pred or args.fit_labels:
+            raise NolabelError("--clustering scores a clustering folder; it goes without --pred, --labels, --fit-*")
+        return _score_clustering(args)
+    if args.pred is None or args.labels is None:
+        raise NolabelError("give --pred and --labels (files of ids), or --clustering DIR")
     if (args.fit_pred is None) != (args.fit_labels is None):
         raise NolabelError("--fit-pred and --fit-labels go together; give both or neither")
     fit = None
     if args.fit_pred is not None:
-        fit = (load_ids(args.fit_pred, "--fit-pred"), load_ids(args.fit_labels, "--fit-labels"))
+        fit_pred = load_ids(args.fit_pred, "--fit-pred")
+        fit = (load_ids(args.fit_labels, "--fit-labels"), fit_pred)  # (labels_true, labels_pred)
     result = evaluate(
-        load_ids(args.pred, "--pred"),
-        load_ids(args.labels, "--labels"),
+        labels_pred=load_ids(args.pred, "--pred"),
+        labels_true=load_ids(args.labels, "--labels"),
         method=args.mapping,
         fit=fit,
         average_method=args.average_method,
@@ -73,4 +85,35 @@ def run(args: argparse.Namespace) -> int:
     for label, value in rows:
         shown = f"{value:.6f}" if isinstance(value, float) else str(value)
         print(f"{label:<{width}}  {shown}")
+    return 0
+
+
+def _score_clustering(args: argparse.Namespace) -> int:
+    from ..clustering import load_clustering
+    from ..metrics import evaluate
+
+    clustering = load_clustering(args.clustering)
+    train = clustering.assignments["train"]
+    fit = (train.label[train.label >= 0], train.cluster[train.label >= 0]) if train.has_labels else None
+    results = {}
+    for name, a in clustering.assignments.items():
+        known = a.label >= 0
+        if not known.any():
+            continue
+        kwargs = dict(method=args.mapping, average_method=args.average_method)
+        results[name] = {"fit_on_eval": evaluate(a.label[known], a.cluster[known], **kwargs)}
+        if name != "train" and fit is not None:
+            results[name]["fit_on_train"] = evaluate(a.label[known], a.cluster[known], fit=fit, **kwargs)
+    if not results:
+        raise NolabelError(f"{args.clustering}: no source of this clustering has labels to score against")
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"{clustering.method}: {clustering.n_clusters} clusters; ACC mapping: {args.mapping}")
+    print(f"{'source':<20} {'mapping fitted on':<18} {'n':>8} {'ACC':>7} {'NMI':>7} {'AMI':>7} {'ARI':>7}")
+    for name, entry in results.items():
+        for protocol, scored in entry.items():
+            where = "itself" if protocol == "fit_on_eval" else "train"
+            print(f"{name:<20} {where:<18} {scored['n']:>8} {scored['acc']:7.4f} {scored['nmi']:7.4f} "
+                  f"{scored['ami']:7.4f} {scored['ari']:7.4f}")
     return 0

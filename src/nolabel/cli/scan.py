@@ -2,8 +2,10 @@
 
 Heads only on frozen features (--features DIR, optionally --augmented DIR... with features of
 augmented views; fast, for large data and CPUs), or the whole network on images (--data SPEC --model
-NAME --weights FILE, e.g. from `nolabel pretrain simclr`). Writes neighbors.npy, scan.pt,
-probabilities.npy, predictions.npy and scan.json into --out; an interrupted run resumes.
+NAME --weights FILE, e.g. from `nolabel pretrain simclr`). Writes the SCAN clustering
+(`nolabel.clustering`: the train images and every --eval-features / --eval-data set, scored where
+labelled) beside neighbors.npy, scan.pt, probabilities.npy and scan.json into --out; an interrupted
+run resumes.
 """
 from __future__ import annotations
 
@@ -60,38 +62,11 @@ def check_eval_sets(args: argparse.Namespace) -> None:
         FeatureStore.open(folder)
 
 
-def assign_eval_sets(args: argparse.Namespace, scan_dir, selflabel_dir=None) -> None:
-    """Assign each --eval-features / --eval-data set with the trained head; write
-    predictions_<name>.npy into --out and print its metrics when it has labels."""
-    from pathlib import Path
-
-    import numpy as np
-
-    from ..cluster.scan import predict_scan
-    from ..data import load
-    from ..io import save_npy, slug
-    from ..metrics import evaluate
-    from ..store import FeatureStore
-
-    sets = [(Path(f).name, {"features": f}) for f in args.eval_features] + \
-        [(slug(spec), {"data": spec}) for spec in args.eval_data]
-    for name, source in sets:
-        pred = predict_scan(scan_dir, **source, image_size=args.image_size, selflabel_dir=selflabel_dir,
-                            device=args.device).argmax(1)
-        save_npy(Path(args.out) / f"predictions_{name}.npy", pred.astype(np.int64))
-        labels = (FeatureStore.open(source["features"]).labels if "features" in source
-                  else load(source["data"]).labels)
-        known = labels >= 0
-        line = f"{name}: {len(pred)} images assigned"
-        if known.any():
-            m = evaluate(pred[known], labels[known])
-            line += f"; ACC {m['acc']:.4f}  NMI {m['nmi']:.4f}  ARI {m['ari']:.4f}  AMI {m['ami']:.4f}"
-        print(line)
-
-
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..cluster.scan import ScanConfig, run_scan
+    from ..clustering import format_metrics
+    from ..io import read_json
 
     distributed.init()
     check_eval_sets(args)
@@ -100,16 +75,16 @@ def run(args: argparse.Namespace) -> int:
                         epochs=args.epochs, batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay,
                         hidden_dim=args.hidden_dim, n_neighbors=args.n_neighbors, random_state=args.random_state,
                         bf16=args.bf16, device=args.device)
-    summary = run_scan(args.out, features=args.features, augmented=args.augmented, data=args.data, model=args.model,
-                       weights=args.weights, image_size=args.image_size, pca_components=args.pca, config=config, force=args.force, show_progress=not args.quiet)
+    scored = run_scan(args.out, features=args.features, augmented=args.augmented, data=args.data, model=args.model,
+                      weights=args.weights, image_size=args.image_size, pca_components=args.pca, config=config,
+                      eval_features=args.eval_features, eval_data=args.eval_data, force=args.force,
+                      show_progress=not args.quiet)
     if distributed.is_main():
+        summary = read_json(f"{args.out}/scan.json")
         best = summary["head_losses"][summary["best_head"]]
         print(f"{args.out}: head {summary['best_head']} of {len(summary['head_losses'])} kept "
               f"(SCAN loss {best['total']:.4f}, consistency {best['consistency']:.4f}, entropy {best['entropy']:.4f})")
         if summary["neighbor_purity"] is not None:
             print(f"neighbour purity (top {summary['n_neighbors']}): {summary['neighbor_purity']:.4f}")
-        if summary["metrics"]:
-            m = summary["metrics"]
-            print(f"ACC {m['acc']:.4f}  NMI {m['nmi']:.4f}  ARI {m['ari']:.4f}  AMI {m['ami']:.4f}")
-        assign_eval_sets(args, args.out)
+        print(format_metrics(scored))
     return 0

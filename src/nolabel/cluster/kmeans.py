@@ -32,13 +32,14 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 
 from .. import distributed
-from ..errors import NolabelError
+from ..errors import NolabelError, NolabelValueError
 from ..io import read_rows
 from ..progress import progress_bar
 from ._faiss import gpu_count, import_faiss
-from .pca import _check_2d, _is_int, cross_products
+from .pca import NotFittedError, _as_2d, _is_int, _record_features, cross_products
 
 # Rows per chunk. The chunk grid is global (chunk c holds rows [c*CHUNK_SIZE, (c+1)*CHUNK_SIZE))
 # and processes own whole chunks, so every chunk is searched the same way in one process or many.
@@ -52,17 +53,25 @@ SEARCH_ROUNDING = 4 * float(np.finfo(np.float32).eps)
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class KMeans:
+class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator):
     """Lloyd's k-means with all points, exact sums, and optional cosine (spherical) variant.
+
+    A scikit-learn estimator (get_params, clone, Pipeline, GridSearchCV); the parameters are only
+    stored by the constructor and checked by `fit`, whose errors are `NolabelValueError`s (both a
+    NolabelError and a ValueError). The defaults are those of the run configuration's `KMeansConfig`.
 
     Parameters
     ----------
     n_clusters: K, the number of centroids.
-    n_init: runs from different random initialisations (seed, seed's next draws); the run with the
-        lowest inertia is kept.
+    init: "random" (K distinct rows of X drawn with `random_state`, taken in row order) or an
+        array (K, D) of initial centroids, which fixes the start: then n_init must be 1.
+    n_init: runs from different random initialisations (random_state, its generator's next draws);
+        the run with the lowest inertia is kept.
     max_iter: the most centroid updates per run; a run stops earlier when no point changes cluster.
     spherical: L2-normalise the points and, after every update, the centroids (cosine k-means).
-    seed: seeds the choice of initial centroids (K distinct rows of X).
+    random_state: a non-negative int seeds the choice of initial rows; None draws a fresh seed on
+        every fit (under torchrun, rank 0's draw is shared so all processes still agree).
+        Generators / RandomState instances are not accepted.
     device: "cpu", "cuda" (faiss-gpu if importable, else torch on CUDA for the search) or "auto"
         (cuda when a GPU is there). Bit-identical results are promised on CPU only.
     threads: faiss's OpenMP threads (default `nolabel.cluster._faiss.DEFAULT_THREADS`).
@@ -70,49 +79,81 @@ class KMeans:
 
     Attributes after `fit`: `cluster_centers_` float32 (K, D), `labels_` int64 (N,), `inertia_`
     (sum of squared L2 distances of all points to their centroid, at the final centroids, in
-    float64; for spherical, of the normalised points), `n_iter_` (centroid updates of the kept run).
+    float64; for spherical, of the normalised points), `n_iter_` (centroid updates of the kept run),
+    `n_features_in_` (D).
+
+    `predict`, `transform` and `score` see X as `fit` does (L2-normalised rows when spherical).
 
     Under torchrun, every process calls `fit` with the same full X (e.g. the same memmap); each
-    processes its own share of the rows and all end with identical attributes.
+    processes its own share of the rows and all end with identical attributes. `predict`,
+    `transform` and `score` work on all of X in every process, without communication.
     """
 
-    def __init__(self, n_clusters: int, n_init: int = 1, max_iter: int = 20, spherical: bool = False,
-                 seed: int = 0, device: str = "auto", threads: int | None = None, verbose: bool = False):
-        for name, value in (("n_clusters", n_clusters), ("n_init", n_init), ("max_iter", max_iter)):
-            if not _is_int(value) or value < 1:
-                raise NolabelError(f"KMeans {name} must be a positive integer, got {value!r}")
-        if device not in DEVICES:
-            raise NolabelError(f"KMeans device must be one of {', '.join(DEVICES)}, got {device!r}")
-        if threads is not None and (not _is_int(threads) or threads < 1):
-            raise NolabelError(f"KMeans threads must be a positive integer or None, got {threads!r}")
-        self.n_clusters = int(n_clusters)
-        self.n_init = int(n_init)
-        self.max_iter = int(max_iter)
-        self.spherical = bool(spherical)
-        self.seed = int(seed)
+    def __init__(self, n_clusters: int = 10, *, init: str | np.ndarray = "random", n_init: int = 10,
+                 max_iter: int = 100, spherical: bool = False, random_state: int | None = 0,
+                 device: str = "auto", threads: int | None = None, verbose: bool = False):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.spherical = spherical
+        self.random_state = random_state
         self.device = device
         self.threads = threads
-        self.verbose = bool(verbose)
+        self.verbose = verbose
 
-    def fit(self, X: np.ndarray, init: np.ndarray | None = None) -> "KMeans":
-        """Cluster X (N, D), any real dtype (np.memmap welcome); `init` (K, D) gives the start."""
-        n, d = _check_2d(X, "KMeans.fit")
+    def _check_params(self) -> None:
+        for name in ("n_clusters", "n_init", "max_iter"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise NolabelValueError(f"KMeans {name} must be a positive integer, got {value!r}")
+        if self.random_state is not None and (not _is_int(self.random_state) or self.random_state < 0):
+            raise NolabelValueError(
+                f"KMeans random_state must be a non-negative integer or None, got {self.random_state!r}")
+        if not isinstance(self.device, str) or self.device not in DEVICES:
+            raise NolabelValueError(f"KMeans device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
+            raise NolabelValueError(f"KMeans threads must be a positive integer or None, got {self.threads!r}")
+
+    def _initial_centroids(self, d: int) -> np.ndarray | None:
+        """The `init` array, checked against (n_clusters, D); None for "random"."""
+        k = self.n_clusters
+        if isinstance(self.init, str):
+            if self.init != "random":
+                raise NolabelValueError(
+                    f'KMeans init must be "random" or an array of shape (n_clusters, D), got {self.init!r}')
+            return None
+        init = np.asarray(self.init)
+        if init.shape != (k, d):
+            raise NolabelValueError(f"KMeans init must have shape (n_clusters, D) = {(k, d)}, got {init.shape}")
+        if not (np.issubdtype(init.dtype, np.floating) or np.issubdtype(init.dtype, np.integer)):
+            raise NolabelValueError(f"KMeans init must hold real numbers, got dtype {init.dtype}")
+        if not np.isfinite(init).all():
+            raise NolabelValueError("KMeans init contains NaN or Inf")
+        if self.n_init != 1:
+            raise NolabelValueError(f"KMeans init fixes the start, so n_init must be 1, got n_init={self.n_init}")
+        return init
+
+    def _seed(self) -> int:
+        if self.random_state is not None:
+            return int(self.random_state)
+        # A fresh seed, the same in every process (rank 0's; float64 holds integers below 2**53 exactly).
+        return int(_gather_scalars(float(np.random.default_rng().integers(2 ** 53)))[0])
+
+    def fit(self, X: np.ndarray, y: None = None) -> "KMeans":
+        """Cluster X (N, D), any real dtype (np.memmap welcome); y is ignored."""
+        self._check_params()
+        given = X
+        X, n, d = _as_2d(X, "KMeans.fit")
         k = self.n_clusters
         if k > n:
-            raise NolabelError(f"KMeans n_clusters={k} exceeds the number of points N={n}")
-        if init is not None:
-            init = np.asarray(init)
-            if init.shape != (k, d):
-                raise NolabelError(f"KMeans init must have shape (n_clusters, D) = {(k, d)}, got {init.shape}")
-            if not np.isfinite(init).all():
-                raise NolabelError("KMeans init contains NaN or Inf")
-            if self.n_init != 1:
-                raise NolabelError("KMeans init fixes the start, so n_init must be 1")
+            raise NolabelValueError(f"KMeans n_clusters={k} exceeds the number of points: n_samples={n}")
+        init = self._initial_centroids(d)
         distributed.init()
-        data = _Rows(X, self.spherical)
+        data = _Rows(X, bool(self.spherical))
         fixed_point_bits = data.validate()
         searcher = _make_searcher(self.device, self.threads, d)
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(self._seed())
         best = None
         for _ in range(self.n_init):
             if init is None:
@@ -120,38 +161,80 @@ class KMeans:
                 start = data.normalized(np.asarray(X[rows], dtype=np.float32))
             else:
                 start = data.normalized(init.astype(np.float32))
-            run = _Lloyd(data, searcher, k, fixed_point_bits, self.verbose).run(start, self.max_iter)
+            run = _Lloyd(data, searcher, k, fixed_point_bits, bool(self.verbose)).run(start, self.max_iter)
             if best is None or run.inertia < best.inertia:
                 best = run
         self.cluster_centers_ = best.centroids
         self.labels_ = data.gather_labels(best.labels)
         self.inertia_ = best.inertia
         self.n_iter_ = best.n_iter
+        _record_features(self, given)
         return self
 
-    def predict(self, X: np.ndarray, return_distance: bool = False):
-        """Nearest centroid of each row of X: labels int64 (N,) [, squared L2 distances float32 (N,)]."""
-        if not hasattr(self, "cluster_centers_"):
-            raise NolabelError("KMeans is not fitted: call fit(X) first")
-        n, d = _check_2d(X, "KMeans.predict")
-        if d != self.cluster_centers_.shape[1]:
-            raise NolabelError(f"KMeans.predict: X has {d} columns, the centroids {self.cluster_centers_.shape[1]}")
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Nearest centroid of each row of X (N, D): labels int64 (N,)."""
+        labels = [found for _, _, _, found in self._nearest(X, "KMeans.predict")]
+        return np.concatenate(labels) if labels else np.empty(0, dtype=np.int64)
+
+    def fit_predict(self, X: np.ndarray, y: None = None) -> np.ndarray:
+        """`fit(X)` and return `labels_`."""
+        return self.fit(X).labels_
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """L2 distances of each row of X (N, D) to every centroid: float32 (N, n_clusters), computed in float64."""
+        self._check_fitted()
+        X, n, d = _as_2d(X, "KMeans.transform", fitted=self)
+        centroids = self.cluster_centers_.astype(np.float64)
+        centroid_sq = (centroids ** 2).sum(axis=1)
+        out = np.empty((n, len(centroids)), dtype=np.float32)
+        rows = _Rows(X, bool(self.spherical))
+        for start, stop in rows.chunk_bounds(range(rows.n_chunks)):
+            x = rows.load(start, stop).astype(np.float64)
+            _refuse_non_finite(x, start, stop, "KMeans.transform")
+            sq = (x ** 2).sum(axis=1)[:, None] - 2 * (x @ centroids.T) + centroid_sq
+            out[start:stop] = np.sqrt(np.maximum(sq, 0.0))
+        return out
+
+    def score(self, X: np.ndarray, y: None = None) -> float:
+        """Minus the k-means objective on X: -(sum of squared L2 distances of the rows to their nearest
+        centroid), in float64 (for the training X, -inertia_); y is ignored. Higher is better."""
+        total = 0.0
+        for _, x, _, labels in self._nearest(X, "KMeans.score"):
+            total += float((_distances(x, self.cluster_centers_[labels]) ** 2).sum())
+        return -total
+
+    def _nearest(self, X: np.ndarray, what: str) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield (first row, float32 rows as k-means sees them, squared distances float32, labels int64) per chunk."""
+        self._check_fitted()
+        X, n, d = _as_2d(X, what, fitted=self)
+        self._check_params()
         searcher = _make_searcher(self.device, self.threads, d)
         searcher.set_centroids(self.cluster_centers_)
-        labels = np.empty(n, dtype=np.int64)
-        distances = np.empty(n, dtype=np.float32)
-        rows = _Rows(X, self.spherical)
+        rows = _Rows(X, bool(self.spherical))
         for start, stop in rows.chunk_bounds(range(rows.n_chunks)):
             x = rows.load(start, stop)
-            if not np.isfinite(x).all():
-                raise NolabelError(f"KMeans.predict: X rows {start}..{stop - 1} contain NaN or Inf")
+            _refuse_non_finite(x, start, stop, what)
             found_distances, found = searcher.search(x, 1)
-            labels[start:stop] = found[:, 0]
-            distances[start:stop] = found_distances[:, 0]
-        return (labels, distances) if return_distance else labels
+            yield start, x, found_distances[:, 0], found[:, 0].astype(np.int64)
 
-    def fit_predict(self, X: np.ndarray, init: np.ndarray | None = None) -> np.ndarray:
-        return self.fit(X, init=init).labels_
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "cluster_centers_"):
+            raise NotFittedError("KMeans is not fitted: call fit(X) first")
+
+    @property
+    def _n_features_out(self) -> int:
+        """Width of `transform`'s output, for `get_feature_names_out` ("kmeans0", ...)."""
+        return self.cluster_centers_.shape[0]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]  # transform returns float32 for any input
+        return tags
+
+
+def _refuse_non_finite(x: np.ndarray, start: int, stop: int, what: str) -> None:
+    if not np.isfinite(x).all():
+        raise NolabelValueError(f"{what}: X rows {start}..{stop - 1} contain NaN or Inf")
 
 
 class _Rows:
@@ -196,8 +279,8 @@ class _Rows:
             max_abs = max(max_abs, float(np.abs(x).max()))
         bad_rows = _gather_scalars(first_bad)
         if (bad_rows >= 0).any():
-            raise NolabelError(f"KMeans.fit: row {int(bad_rows[bad_rows >= 0].min())} of X contains NaN "
-                               "or Inf; clean the features first")
+            raise NolabelValueError(f"KMeans.fit: row {int(bad_rows[bad_rows >= 0].min())} of X contains NaN "
+                                    "or Inf; clean the features first")
         max_abs = float(_gather_scalars(max_abs).max())
         # N values of magnitude < 2**exponent, scaled by 2**bits, must sum below 2**62.
         exponent = math.frexp(max_abs)[1]

@@ -15,12 +15,17 @@ largest entry, which matters because whitening divides by the smallest eigenvalu
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Iterator
 
 import numpy as np
+from scipy import sparse
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+from sklearn.utils.validation import check_array, validate_data
 
-from ..errors import NolabelError
+from ..errors import NolabelError, NolabelValueError
 from ..io import atomic_path, read_rows
 from ..progress import progress_bar
 
@@ -35,8 +40,17 @@ PROGRESS_MIN_CHUNKS = 16
 SYRK_SAFE_WIDTH = 8192
 
 
-class PCA:
+class NotFittedError(NolabelError, SklearnNotFittedError):
+    """A method that needs a fitted estimator was called first: a NolabelError and scikit-learn's
+    NotFittedError (itself a ValueError and an AttributeError)."""
+
+
+class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Principal component analysis, fitted exactly by streaming over row chunks.
+
+    A scikit-learn estimator (get_params, clone, Pipeline, GridSearchCV); the parameters are only
+    stored by the constructor and checked by `fit`, whose errors are `NolabelValueError`s (both a
+    NolabelError and a ValueError).
 
     Parameters
     ----------
@@ -48,28 +62,37 @@ class PCA:
     Attributes after `fit`: `mean_` (D,), `components_` (n_components, D) with orthonormal rows,
     `explained_variance_` (n_components,) with the unbiased (N - 1) normalisation,
     `explained_variance_ratio_` (n_components,) as a fraction of the total variance,
-    `n_components_`, `n_samples_`. Each component's sign makes its largest-magnitude entry positive.
+    `noise_variance_` (the mean variance of the components left out, probabilistic PCA's sigma^2, 0
+    when none are), `n_components_`, `n_samples_`, `n_features_in_` (D). Each component's sign makes
+    its largest-magnitude entry positive.
+
+    `transform` always returns float32 (computed in float64), whatever X's dtype.
     """
 
-    def __init__(self, n_components: int | None = None, whiten: bool = False,
+    def __init__(self, n_components: int | None = None, *, whiten: bool = False,
                  l2_normalize: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE):
-        if n_components is not None and (not _is_int(n_components) or n_components < 1):
-            raise NolabelError(f"PCA n_components must be a positive integer or None, got {n_components!r}")
-        if not _is_int(chunk_size) or chunk_size < 1:
-            raise NolabelError(f"PCA chunk_size must be a positive integer, got {chunk_size!r}")
         self.n_components = n_components
-        self.whiten = bool(whiten)
-        self.l2_normalize = bool(l2_normalize)
-        self.chunk_size = int(chunk_size)
+        self.whiten = whiten
+        self.l2_normalize = l2_normalize
+        self.chunk_size = chunk_size
 
-    def fit(self, X: np.ndarray) -> "PCA":
-        """Fit on X, an (N, D) array (np.memmap welcome) of any real dtype."""
-        n, d = _check_2d(X, "PCA.fit")
+    def _check_params(self) -> None:
+        if self.n_components is not None and (not _is_int(self.n_components) or self.n_components < 1):
+            raise NolabelValueError(
+                f"PCA n_components must be a positive integer or None, got {self.n_components!r}")
+        if not _is_int(self.chunk_size) or self.chunk_size < 1:
+            raise NolabelValueError(f"PCA chunk_size must be a positive integer, got {self.chunk_size!r}")
+
+    def fit(self, X: np.ndarray, y: None = None) -> "PCA":
+        """Fit on X, an (N, D) array (np.memmap welcome) of any real dtype; y is ignored."""
+        self._check_params()
+        given = X
+        X, n, d = _as_2d(X, "PCA.fit")
         if n < 2:
-            raise NolabelError(f"PCA needs at least 2 rows to estimate a covariance, got {n}")
-        n_components = min(n, d) if self.n_components is None else self.n_components
+            raise NolabelValueError(f"PCA needs at least 2 rows to estimate a covariance, got {n} sample")
+        n_components = min(n, d) if self.n_components is None else int(self.n_components)
         if n_components > min(n, d):
-            raise NolabelError(
+            raise NolabelValueError(
                 f"PCA n_components={n_components} exceeds min(N, D) = min({n}, {d}); "
                 f"choose n_components <= {min(n, d)}")
         shift = None
@@ -97,8 +120,11 @@ class PCA:
         total_variance = eigenvalues.sum()
         self.explained_variance_ratio_ = (self.explained_variance_ / total_variance if total_variance > 0
                                           else np.zeros(n_components))
+        # Probabilistic PCA's maximum-likelihood sigma^2 (as scikit-learn's covariance_eigh solver).
+        self.noise_variance_ = float(eigenvalues[n_components:].mean()) if n_components < min(n, d) else 0.0
         self.n_components_ = n_components
         self.n_samples_ = n
+        _record_features(self, given)
         return self
 
     def transform(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -107,14 +133,13 @@ class PCA:
         `out`, if given, is a float32 (N, n_components) array (e.g. an np.memmap) written in place.
         """
         self._check_fitted()
-        n, d = _check_2d(X, "PCA.transform")
-        if d != self.mean_.shape[0]:
-            raise NolabelError(f"PCA.transform: X has {d} columns but the PCA was fitted on {self.mean_.shape[0]}")
+        self._check_params()
+        X, n, d = _as_2d(X, "PCA.transform", fitted=self)
         if out is None:
             out = np.empty((n, self.n_components_), dtype=np.float32)
         elif out.shape != (n, self.n_components_) or out.dtype != np.float32:
-            raise NolabelError(f"PCA.transform: out must be float32 of shape {(n, self.n_components_)}, "
-                               f"got {out.dtype} {out.shape}")
+            raise NolabelValueError(f"PCA.transform: out must be float32 of shape {(n, self.n_components_)}, "
+                                    f"got {out.dtype} {out.shape}")
         projection = self.components_.T
         if self.whiten:
             scale = np.sqrt(self.explained_variance_ + WHITEN_EPS * self.explained_variance_[0])
@@ -128,8 +153,63 @@ class PCA:
             out[start:start + len(projected)] = projected
         return out
 
-    def fit_transform(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def fit_transform(self, X: np.ndarray, y: None = None, out: np.ndarray | None = None) -> np.ndarray:
         return self.fit(X).transform(X, out=out)
+
+    def get_covariance(self) -> np.ndarray:
+        """The (D, D) covariance of probabilistic PCA: components_.T diag(variance - sigma^2) components_
+        + sigma^2 I, with sigma^2 = noise_variance_ (whiten and l2_normalize play no part)."""
+        self._check_fitted()
+        noise = self._noise_variance()
+        excess = np.maximum(self.explained_variance_ - noise, 0.0)
+        covariance = (self.components_.T * excess) @ self.components_
+        covariance[np.diag_indices_from(covariance)] += noise
+        return covariance
+
+    def get_precision(self) -> np.ndarray:
+        """The inverse of `get_covariance()`, (D, D), from the orthonormal components when sigma^2 > 0."""
+        self._check_fitted()
+        noise = self._noise_variance()
+        if noise == 0.0:
+            return np.linalg.inv(self.get_covariance())
+        excess = np.maximum(self.explained_variance_ - noise, 0.0)
+        # (sigma^2 I + C^T E C)^-1 = (I - C^T diag(E / (sigma^2 + E)) C) / sigma^2, as C C^T = I.
+        precision = -(self.components_.T * (excess / (noise + excess))) @ self.components_
+        precision[np.diag_indices_from(precision)] += 1.0
+        return precision / noise
+
+    def score_samples(self, X: np.ndarray) -> np.ndarray:
+        """Log-likelihood of each row of X (N, D) under probabilistic PCA, float64 (N,).
+
+        The model of scikit-learn's PCA(whiten=False).score_samples (Bishop, PRML 12.2.1): a Gaussian
+        with mean `mean_` and covariance `get_covariance()`.
+        """
+        self._check_fitted()
+        self._check_params()
+        X, n, d = _as_2d(X, "PCA.score_samples", fitted=self)
+        precision = self.get_precision()
+        sign, log_det = np.linalg.slogdet(precision)
+        log_det = log_det if sign > 0 else -np.inf
+        constant = 0.5 * (d * math.log(2.0 * math.pi) - log_det)
+        log_like = np.empty(n)
+        for start, chunk in self._chunks(X, "PCA score"):
+            chunk -= self.mean_
+            log_like[start:start + len(chunk)] = -0.5 * np.einsum("ij,ij->i", chunk, chunk @ precision) - constant
+        return log_like
+
+    def score(self, X: np.ndarray, y: None = None) -> float:
+        """Mean log-likelihood of the rows of X under probabilistic PCA (`score_samples`); y is ignored."""
+        return float(self.score_samples(X).mean())
+
+    @property
+    def _n_features_out(self) -> int:
+        """Output width, for `get_feature_names_out` ("pca0", "pca1", ...)."""
+        return self.components_.shape[0]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]  # transform returns float32 for any input
+        return tags
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the fitted PCA to an .npz file, atomically."""
@@ -138,8 +218,9 @@ class PCA:
             np.savez(f, mean=self.mean_, components=self.components_,
                      explained_variance=self.explained_variance_,
                      explained_variance_ratio=self.explained_variance_ratio_,
-                     n_samples=self.n_samples_, whiten=self.whiten,
-                     l2_normalize=self.l2_normalize, chunk_size=self.chunk_size)
+                     n_samples=self.n_samples_, whiten=bool(self.whiten),
+                     l2_normalize=bool(self.l2_normalize), chunk_size=int(self.chunk_size),
+                     noise_variance=self.noise_variance_)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PCA":
@@ -161,9 +242,18 @@ class PCA:
         pca.components_ = data["components"]
         pca.explained_variance_ = data["explained_variance"]
         pca.explained_variance_ratio_ = data["explained_variance_ratio"]
+        if "noise_variance" in data:  # files written before it was kept have none: score needs a refit
+            pca.noise_variance_ = float(data["noise_variance"])
         pca.n_components_ = len(pca.components_)
         pca.n_samples_ = int(data["n_samples"])
+        pca.n_features_in_ = pca.components_.shape[1]
         return pca
+
+    def _noise_variance(self) -> float:
+        if not hasattr(self, "noise_variance_"):
+            raise NolabelError("this PCA was loaded from a file saved without noise_variance_ "
+                               "(an older nolabel); fit it again to score")
+        return self.noise_variance_
 
     def _chunks(self, X: np.ndarray, what: str) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (first row, float64 copy of the chunk), refusing NaN/Inf as they stream by."""
@@ -173,12 +263,12 @@ class PCA:
             chunk = read_rows(X, start, start + self.chunk_size, np.float64)  # a copy: shifted in place
             if not np.isfinite(chunk).all():
                 bad = start + int(np.flatnonzero(~np.isfinite(chunk).all(axis=1))[0])
-                raise NolabelError(f"{what}: row {bad} contains NaN or Inf; clean the features first")
+                raise NolabelValueError(f"{what}: row {bad} contains NaN or Inf; clean the features first")
             yield start, chunk
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "components_"):
-            raise NolabelError("PCA is not fitted: call fit(X) or PCA.load(path) first")
+            raise NotFittedError("PCA is not fitted: call fit(X) or PCA.load(path) first")
 
 
 def cross_products(x: np.ndarray) -> np.ndarray:
@@ -201,13 +291,48 @@ def cross_products(x: np.ndarray) -> np.ndarray:
 
 def _check_2d(X: np.ndarray, what: str) -> tuple[int, int]:
     if not hasattr(X, "ndim") or X.ndim != 2:
-        raise NolabelError(f"{what}: X must be a 2-D (N, D) array, got shape {getattr(X, 'shape', type(X).__name__)}")
+        hint = (". Reshape your data with X.reshape(-1, 1) (one feature) or X.reshape(1, -1) (one sample)"
+                if getattr(X, "ndim", None) == 1 else "")
+        raise NolabelValueError(
+            f"{what}: X must be a 2-D (N, D) array, got shape {getattr(X, 'shape', type(X).__name__)}{hint}")
+    if np.issubdtype(X.dtype, np.complexfloating):
+        raise NolabelValueError(f"{what}: X must hold real numbers, got dtype {X.dtype} (Complex data not supported)")
     if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
-        raise NolabelError(f"{what}: X must hold real numbers, got dtype {X.dtype}")
+        raise NolabelValueError(f"{what}: X must hold real numbers, got dtype {X.dtype}")
     n, d = X.shape
-    if n == 0 or d == 0:
-        raise NolabelError(f"{what}: X is empty (shape {X.shape})")
+    if n == 0:
+        raise NolabelValueError(f"{what}: X is empty: 0 sample(s) (shape={X.shape}) while a minimum of 1 is required.")
+    if d == 0:
+        raise NolabelValueError(f"{what}: X is empty: 0 feature(s) (shape={X.shape}) while a minimum of 1 is required.")
     return n, d
+
+
+def _as_2d(X, what: str, fitted: BaseEstimator | None = None) -> tuple[np.ndarray, int, int]:
+    """X as the estimators read it, with its (N, D); `fitted`: the estimator whose D it must match.
+
+    A numpy array (np.memmap included) is used as it is, never copied or scanned here: the estimators
+    stream it in chunks and refuse NaN/Inf chunk by chunk. Anything else (a list, a DataFrame, an
+    object array) goes through scikit-learn's `check_array` first; sparse matrices are refused.
+    """
+    if sparse.issparse(X):
+        raise NolabelValueError(f"{what}: sparse input is not supported; pass a dense (N, D) array")
+    given = X
+    if not isinstance(X, np.ndarray) or X.dtype == object:
+        X = check_array(X, dtype="numeric", ensure_2d=False, allow_nd=True, ensure_all_finite=False,
+                        ensure_min_samples=0, ensure_min_features=0)
+    n, d = _check_2d(X, what)
+    if fitted is not None:
+        expected = fitted.n_features_in_
+        if d != expected:
+            raise NolabelValueError(f"{what}: X has {d} features, but {type(fitted).__name__} is expecting "
+                                    f"{expected} features as input (the columns it was fitted on)")
+        validate_data(fitted, given, reset=False, skip_check_array=True)  # feature-name checks
+    return X, n, d
+
+
+def _record_features(estimator: BaseEstimator, X) -> None:
+    """Set n_features_in_ (and feature_names_in_ for a DataFrame) at the end of a successful fit."""
+    validate_data(estimator, X, reset=True, skip_check_array=True)
 
 
 def _is_int(value: object) -> bool:

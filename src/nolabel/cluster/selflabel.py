@@ -13,8 +13,9 @@ When no sample is confident, there is nothing to learn from: `train_selflabel_*`
 """
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import distributed, record
-from ..config import SelfLabelConfig
+from ..config import EvaluateConfig, SelfLabelConfig
 from ..errors import NolabelError
-from ..training import (ModelEMA, TrainingState, cosine_lr, progress, seeded_generator, set_lr, training_inputs,
+from ..training import (ModelEMA, TrainingState, cosine_lr, progress, seeded, set_lr, training_inputs,
                         wrap_distributed)
 from .scan.heads import ListHead
 from .scan.loss import entropy
@@ -116,7 +117,7 @@ def _train(model: nn.Module, inputs, scan_probabilities: np.ndarray, config: Sel
             print(message, flush=True)
         return SelfLabelResult(np.asarray(scan_probabilities), True, message, 0.0,
                                seconds=time.perf_counter() - started)
-    generator = seeded_generator(config.random_state)
+    generator = torch.Generator().manual_seed(config.random_state)  # the global RNG: seeded by the caller
     # Before the optimizer and the EMA copy exist, so both (and a resumed state) live on the device.
     device = distributed.resolve_device(config.device)
     model.to(device)
@@ -194,8 +195,9 @@ def train_selflabel_features(features: np.ndarray, head: nn.Module, scan_probabi
     """
     config = config or SelfLabelConfig(lr=1e-3, epochs=20)
     out = _prepare_out(out_dir)
-    return _train(ListHead(head), FeatureInputs(features, augmented), scan_probabilities, config, out,
-                  {"head": head}, show_progress)
+    with seeded(config.random_state, config.device):  # the caller's RNG state is kept
+        return _train(ListHead(head), FeatureInputs(features, augmented), scan_probabilities, config, out,
+                      {"head": head}, show_progress)
 
 
 def train_selflabel_network(images: np.ndarray, backbone: nn.Module, head: nn.Module, scan_probabilities: np.ndarray,
@@ -209,8 +211,9 @@ def train_selflabel_network(images: np.ndarray, backbone: nn.Module, head: nn.Mo
     config = config or SelfLabelConfig()
     inputs = ImageInputs(images, network_input(backbone, image_size), strong_augment or StrongAugment())
     out = _prepare_out(out_dir)
-    return _train(ListHead(nn.Sequential(backbone, head)), inputs, scan_probabilities, config, out,
-                  {"backbone": backbone, "head": head}, show_progress)
+    with seeded(config.random_state, config.device):  # training (e.g. dropout) from the seed; the caller's RNG kept
+        return _train(ListHead(nn.Sequential(backbone, head)), inputs, scan_probabilities, config, out,
+                      {"backbone": backbone, "head": head}, show_progress)
 
 
 def _prepare_out(out_dir: str | Path | None) -> Path | None:
@@ -223,41 +226,69 @@ def _prepare_out(out_dir: str | Path | None) -> Path | None:
 
 def run_selflabel(scan_dir: str | Path, out_dir: str | Path, *, features: str | Path | None = None,
                   augmented: list[str | Path] | tuple = (), data: str | None = None, model: str | None = None,
-                  image_size: int | None = None, config: SelfLabelConfig | None = None, force: bool = False,
+                  image_size: int | None = None, config: SelfLabelConfig | None = None,
+                  eval_features: Sequence[str | Path] = (), eval_data: Sequence[str] = (),
+                  evaluate: EvaluateConfig = EvaluateConfig(), force: bool = False,
                   show_progress: bool = True) -> dict[str, Any]:
     """The self-labeling stage from files: start from `scan_dir` (scan.pt, probabilities.npy of
-    `run_scan`), train, and write into `out_dir`: selflabel.pt, probabilities.npy, predictions.npy,
-    selflabel.json (skipped or not, the message, confident fractions, metrics when labels exist) and,
-    last, record.json. Its inputs include SCAN's result (by hash): a SCAN result replaced since makes this one
-    stale (refused without `force`); the same inputs return the finished result as it is.
-    Frozen features go through SCAN's PCA (`scan_dir/pca.npz`) when SCAN used one.
+    `run_scan`), train, and write the self-labeled clustering into `out_dir` (`nolabel.clustering`,
+    the train images and every eval set, as `run_scan` does) beside selflabel.pt, probabilities.npy,
+    predictions.npy and selflabel.json (skipped or not, the message, confident fractions).
+    Returns metrics.json's content.
 
-    Network mode rebuilds `model` with the backbone weights SCAN saved in scan.pt."""
-    from ..io import read_json, save_npy, sha256_file, write_json
-    from .scan.stage import _labelled_metrics, apply_stage_pca, load_scan, load_stage_inputs, stage_source
+    Its inputs include SCAN's result (by hash): a SCAN result replaced since makes this one stale
+    (refused without `force`); the same inputs return the finished clustering as it is. Training
+    keeps a record of its own (training.record.json), so another eval set reuses it. Frozen features
+    go through SCAN's PCA (`scan_dir/pca.npz`) when SCAN used one; network mode rebuilds `model` with
+    the backbone weights SCAN saved in scan.pt."""
+    from ..io import read_json, sha256_file
+    from .scan.stage import (TRAINING_RECORD, _train_source, eval_sources, load_scan, stage_source,
+                             write_head_clustering)
 
     scan_dir, out = Path(scan_dir), Path(out_dir)
     config = config or SelfLabelConfig()
     config.validate()
     distributed.resolve_device(config.device)  # a missing GPU fails here, before any file is written
-    heads, best, saved = load_scan(scan_dir / "scan.pt")
+    _, _, saved = load_scan(scan_dir / "scan.pt")
     if not (scan_dir / "probabilities.npy").is_file():
         raise NolabelError(f"{scan_dir}: no probabilities.npy; the SCAN stage has not finished")
-    # what self-labeling reads of SCAN's result, by content
-    scan_fingerprint = {name: sha256_file(scan_dir / name) for name in ("scan.pt", "probabilities.npy")}
-    backbone_state = saved["modules"].get("backbone")
-    if data is not None and backbone_state is None:
+    if data is not None and saved["modules"].get("backbone") is None:
         raise NolabelError(f"{scan_dir}: SCAN ran on frozen features; self-label with --features, not --data")
     model = model or saved["meta"].get("model")
-    stage_inputs = {"scan": scan_fingerprint, **stage_source(features, augmented, data, model, None, image_size),
-                    "config": record.without(asdict(config), "device")}
-    status = record.begin(out, "selflabel", stage_inputs, force=force, what="a self-labeling result")
-    if status is record.DONE:
-        return read_json(out / "selflabel.json")
-    if status is record.START:  # a training state here belongs to other inputs
-        (out / "selflabel_state.pt").unlink(missing_ok=True)
+    # what self-labeling reads of SCAN's result, by content
+    training = {"scan": {name: sha256_file(scan_dir / name) for name in ("scan.pt", "probabilities.npy")},
+                **stage_source(features, augmented, data, model, None, image_size),
+                "config": record.without(asdict(config), "device")}
+    evals = eval_sources(eval_features, eval_data, network=data is not None)
+    stage_inputs = {"training": training, "evals": [e["inputs"] for e in evals], "evaluate": asdict(evaluate)}
+    if record.begin(out, "selflabel", stage_inputs, force=force, what="a self-labeling clustering") is record.DONE:
+        return read_json(out / "metrics.json")
+    if not record.is_done(out, training, name=TRAINING_RECORD):
+        _train_selflabel_stage(scan_dir, out, training, features, augmented, data, model, image_size, config,
+                               show_progress)
+    summary = read_json(out / "selflabel.json")
+    assigner = {"kind": "head", "scan": os.path.relpath(scan_dir.resolve(), out.resolve()), "selflabel": ".",
+                "mode": training["mode"], "image_size": image_size}
+    scored = write_head_clustering(
+        out, "SCAN + self-labeling", _train_source(features, data), np.load(out / "probabilities.npy", mmap_mode="r"),
+        evals, assigner, evaluate, config.device, settings=stage_inputs,
+        fitted={key: summary[key] for key in ("skipped", "confident_fraction_start", "confident_fraction_end")})
+    record.finish(out, "selflabel", stage_inputs)
+    return scored
+
+
+def _train_selflabel_stage(scan_dir: Path, out: Path, training: dict[str, Any], features, augmented, data, model,
+                           image_size, config: SelfLabelConfig, show_progress: bool) -> None:
+    """Train from SCAN's kept head; write selflabel.pt, probabilities.npy, predictions.npy,
+    selflabel.json and finish training.record.json."""
+    from ..io import save_npy, write_json
+    from .scan.stage import TRAINING_RECORD, apply_stage_pca, load_scan, load_stage_inputs
+
+    if record.begin(out, "selflabel-training", training, force=True, name=TRAINING_RECORD) is record.START:
+        (out / "selflabel_state.pt").unlink(missing_ok=True)  # a training state of other inputs
+    heads, best, saved = load_scan(scan_dir / "scan.pt")
     scan_probabilities = np.load(scan_dir / "probabilities.npy")
-    inputs = load_stage_inputs(features, augmented, data, model, None, image_size, backbone_state)
+    inputs = load_stage_inputs(features, augmented, data, model, None, image_size, saved["modules"].get("backbone"))
     inputs = apply_stage_pca(scan_dir, inputs)  # the heads' input space
     head = heads.single(best)
     if inputs["mode"] == "features":
@@ -266,19 +297,15 @@ def run_selflabel(scan_dir: str | Path, out_dir: str | Path, *, features: str | 
     else:
         result = train_selflabel_network(inputs["images"], inputs["backbone"], head, scan_probabilities, config,
                                          image_size=inputs["image_size"], out_dir=out, show_progress=show_progress)
-    labels = inputs["labels"]
     summary = {
         "mode": inputs["mode"], "skipped": result.skipped, "message": result.message,
         "confident_fraction_start": result.confident_fraction,
         "confident_fraction_end": confident_fraction(result.probabilities, config.threshold),
-        "metrics": _labelled_metrics(result.predictions, labels),
-        "scan_metrics": _labelled_metrics(scan_probabilities.argmax(1), labels),
         "seconds": result.seconds, "history": result.history, "config": asdict(config),
     }
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        save_npy(out / "probabilities.npy", result.probabilities.astype(np.float32))
+        save_npy(out / "probabilities.npy", np.asarray(result.probabilities, dtype=np.float32))
         save_npy(out / "predictions.npy", result.predictions.astype(np.int64))
         write_json(out / "selflabel.json", summary)
-    record.finish(out, "selflabel", stage_inputs)
-    return summary
+    record.finish(out, "selflabel-training", training, name=TRAINING_RECORD)

@@ -64,7 +64,7 @@ from ..config import DeepClusterConfig
 from ..errors import NolabelError
 from ..io import save_npy, write_json
 from ..metrics import evaluate, nmi
-from ..training import (TrainingState, begin_training, cosine_lr, encode, network_input, progress, seeded_generator,
+from ..training import (TrainingState, begin_training, cosine_lr, encode, network_input, progress, seeded,
                         set_lr, training_inputs, wrap_distributed)
 
 # The classifier layer's initial weights, N(0, TOP_LAYER_STD^2): small, so a fresh layer starts near
@@ -94,7 +94,7 @@ def cluster_features(features: np.ndarray, k: int, pca_dim: int = 256, max_iter:
     k-means. features (N, D) -> assignments int64 (N,). Also the evaluation protocol's final step."""
     n, d = features.shape
     reduced = PCA(pca_dimensions(pca_dim, n, d), whiten=True, l2_normalize=True).fit_transform(features)
-    return KMeans(k, n_init=n_init, max_iter=max_iter, seed=seed).fit(reduced).labels_
+    return KMeans(k, n_init=n_init, max_iter=max_iter, random_state=seed).fit(reduced).labels_
 
 
 def cluster_memory_bank(bank: np.ndarray, k: int, heads: int, max_iter: int = 10,
@@ -107,7 +107,7 @@ def cluster_memory_bank(bank: np.ndarray, k: int, heads: int, max_iter: int = 10
     """
     prototypes, assignments = [], []
     for head in range(heads):
-        km = KMeans(k, max_iter=max_iter, spherical=True, seed=seed + head).fit(bank)
+        km = KMeans(k, n_init=1, max_iter=max_iter, spherical=True, random_state=seed + head).fit(bank)
         prototypes.append(km.cluster_centers_)
         assignments.append(km.labels_)
     return np.stack(prototypes), np.stack(assignments)
@@ -200,10 +200,16 @@ def train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClust
     metrics, never the training. `max_seconds`: do not start an epoch that would end (judging by the
     last epoch's duration) more than `max_seconds` after this call began; a later call resumes.
     """
+    config = (config or DeepClusterConfig()).resolved()
+    with seeded(config.random_state):  # initialisation and training (dropout); the caller's RNG state is kept
+        return _train_deepcluster(images, out_dir, config, labels, show_progress, max_seconds, force)
+
+
+def _train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClusterConfig, labels: np.ndarray | None,
+                       show_progress: bool, max_seconds: float | None, force: bool) -> DeepClusterResult:
     from ..models import create, save_checkpoint
     from .simclr import ProjectionHead
 
-    config = (config or DeepClusterConfig()).resolved()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(images)
@@ -212,7 +218,7 @@ def train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClust
                            "lower --batch-size or --k")
     started = time.perf_counter()
     distributed.init()
-    generator = seeded_generator(config.random_state)
+    generator = torch.Generator().manual_seed(config.random_state)  # the global RNG: seeded by train_deepcluster
     backbone = create(config.model, pretrained=False)
     backbone.to(memory_format=torch.channels_last)
     size = config.image_size or backbone.input_size
@@ -279,9 +285,9 @@ def train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClust
             top_optimizer = torch.optim.SGD(top_layer.parameters(), lr=config.lr, momentum=config.momentum,
                                             weight_decay=config.weight_decay)
         epoch_log["cluster_seconds"] = time.perf_counter() - epoch_start
-        epoch_log["nmi_vs_previous_epoch"] = None if previous is None else nmi(current, previous)
+        epoch_log["nmi_vs_previous_epoch"] = None if previous is None else nmi(previous, current)
         if known is not None and len(known):
-            scores = evaluate(current[known], np.asarray(labels)[known])
+            scores = evaluate(np.asarray(labels)[known], current[known])
             epoch_log["vs_labels"] = {key: scores[key] for key in ("acc", "acc_majority", "nmi", "ami", "ari")}
         previous = current
 
@@ -421,4 +427,4 @@ def evaluate_backbone(backbone: nn.Module, images: np.ndarray, labels: np.ndarra
     known = np.flatnonzero(np.asarray(labels) >= 0)
     if len(known) == 0:
         raise NolabelError("no image has a label (all are -1): nothing to evaluate against")
-    return assignments, evaluate(assignments[known], np.asarray(labels)[known])
+    return assignments, evaluate(np.asarray(labels)[known], assignments[known])

@@ -34,7 +34,7 @@ from ..augment import SimCLRAugment, to_float_images
 from ..config import SimCLRConfig
 from ..errors import NolabelError
 from ..io import write_json
-from ..training import (TrainingState, begin_training, cosine_lr, encode, network_input, progress, seeded_generator,
+from ..training import (TrainingState, begin_training, cosine_lr, encode, network_input, progress, seeded,
                         set_lr, training_inputs, wrap_distributed)
 
 
@@ -95,17 +95,23 @@ def train_simclr(images: np.ndarray, out_dir: str | Path, config: SimCLRConfig |
     Resumes from `out_dir/state.pt` when it exists (the finished epochs are skipped; a finished run
     returns at once). `labels` (N,), -1 where unknown, only feed the kNN monitor.
     """
-    from ..models import create, save_checkpoint
-
     config = config or SimCLRConfig()
     config.validate()
+    with seeded(config.random_state, config.device):  # initialisation and training; the caller's RNG state is kept
+        return _train_simclr(images, out_dir, config, labels, show_progress)
+
+
+def _train_simclr(images: np.ndarray, out_dir: str | Path, config: SimCLRConfig, labels: np.ndarray | None,
+                  show_progress: bool) -> SimCLRResult:
+    from ..models import create, save_checkpoint
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(images)
     if n < config.batch_size:
         raise NolabelError(f"{n} images are fewer than one batch of {config.batch_size}; lower --batch-size")
     started = time.perf_counter()
-    generator = seeded_generator(config.random_state)
+    generator = torch.Generator().manual_seed(config.random_state)  # the global RNG: seeded by train_simclr
     backbone = create(config.model, pretrained=False)
     size = config.image_size or backbone.input_size
     head = ProjectionHead(backbone.feature_dim, backbone.feature_dim, config.projection_dim)

@@ -52,11 +52,13 @@ def write_report(
     force: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Write the report of `run_dir` (a run folder or a cluster folder) and return its path.
+    """Write the report of `run_dir` (a run folder or a clustering folder) and return its path.
 
-    out: the HTML file (default RUN_DIR/report.html). An earlier nolabel report there is replaced;
-    any other file is refused unless `force`. source: whose images the cluster browser shows ("train",
-    or an eval source's name). n_typical / n_random: images per cluster montage. thumb_px: largest
+    The headline and the cluster browser show the run's primary clustering (its last clustering
+    stage, e.g. self-labeling after SCAN); the browser's selector switches to every other clustering
+    of the run. out: the HTML file (default RUN_DIR/report.html). An earlier nolabel report there is
+    replaced; any other file is refused unless `force`. source: whose images the cluster browser
+    shows ("train", or an eval source's name). n_typical / n_random: images per cluster montage. thumb_px: largest
     thumbnail side in pixels. page_size: clusters per page of the browser.
     """
     for name, value, low in (("n_typical", n_typical, 0), ("n_random", n_random, 0), ("thumb_px", thumb_px, 8),
@@ -71,20 +73,22 @@ def write_report(
         raise NolabelError(f"{main.path}: no source {source!r} in assignments.csv; "
                            f"choose one of {', '.join(main.sources)}")
 
-    warnings = [f"Features of {s} not found ({why}); their settings are not shown."
-                for s, why in main.store_problems.items()]
-    warnings += [f"{row['method']}: scored in summary.json, not shown here (the stage keeps predictions, "
-                 f"not a clustering folder)." for row in run.other_rows]
-    browser, sprites = _cluster_browser(main, source, n_typical, n_random, thumb_px, seed, progress, warnings)
+    warnings: list[str] = []
+    browsers, sprites = [], {}
+    for index, result in enumerate(run.results):
+        shown = source if source in result.assignments else "train"
+        browser, found = _cluster_browser(result, shown, n_typical, n_random, thumb_px, seed, progress, warnings)
+        browsers.append({"name": result.method, "note": _browser_note(result, shown, n_typical, n_random, page_size,
+                                                                       len(browser["clusters"])), **browser})
+        sprites.update({(index, cluster): sprite for cluster, sprite in found.items()})
     files_dir = out.with_name(f"{out.stem}_files")
     embed = sum(len(s.data) for s in sprites.values()) <= max_embedded_bytes
-    for c in browser["clusters"]:
-        sprite = sprites.get(c["id"])
-        c["sprite"] = (None if sprite is None else data_uri(sprite.data, sprite.mime) if embed
-                       else f"{quote(files_dir.name)}/{_sprite_name(c['id'], sprite)}")
-    browser["page_size"] = page_size
+    for index, browser in enumerate(browsers):
+        for c in browser["clusters"]:
+            sprite = sprites.get((index, c["id"]))
+            c["sprite"] = (None if sprite is None else data_uri(sprite.data, sprite.mime) if embed
+                           else f"{quote(files_dir.name)}/{_sprite_name(index, c['id'], sprite)}")
 
-    labelled_classes = _class_names(main, source) if main.assignments[source].has_labels else []
     page = Page(
         title=run.name,
         subtitle=f"{run.path.resolve()} · generated {time.strftime('%Y-%m-%d %H:%M')}",
@@ -92,12 +96,10 @@ def write_report(
         run_cards=_run_cards(run),
         metrics=_metrics_table(run),
         metrics_missing="No labels: the clusters cannot be scored against classes. Browse them below.",
-        heatmaps=_heatmaps(main),
-        sizes=_sizes_figure(main, source),
-        clusters=browser,
-        cluster_note=_browser_note(main, source, n_typical, n_random, page_size, len(browser["clusters"])),
-        class_names=sorted({c["mapped"] for c in browser["clusters"] if c["mapped"] is not None},
-                           key=labelled_classes.index) if labelled_classes else [],
+        heatmaps=[figure for index, result in enumerate(run.results) for figure in _heatmaps(result, index)],
+        sizes=[_sizes_figure(result, source if source in result.assignments else "train", index)
+               for index, result in enumerate(run.results)],
+        clusters={"clusterings": browsers, "primary": run.primary, "page_size": page_size},
         warnings=warnings,
         figures=_found_figures(run.path),
         details=_details(run),
@@ -120,17 +122,17 @@ def _refuse_foreign(out: Path, force: bool) -> None:
             raise NolabelError(f"{out} exists and is not a nolabel report; choose another --out or pass --force")
 
 
-def _sprite_name(cluster: int, sprite: Sprite) -> str:
-    return f"cluster-{cluster:05d}.{'png' if sprite.mime == 'image/png' else 'jpg'}"
+def _sprite_name(clustering: int, cluster: int, sprite: Sprite) -> str:
+    return f"clustering-{clustering}-cluster-{cluster:05d}.{'png' if sprite.mime == 'image/png' else 'jpg'}"
 
 
-def _write_sprites(files_dir: Path, sprites: dict[int, Sprite]) -> None:
+def _write_sprites(files_dir: Path, sprites: dict[tuple[int, int], Sprite]) -> None:
     """Write the thumbnails into a fresh folder, then swap it in for any earlier one."""
     files_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{files_dir.name}.", dir=files_dir.parent))
     (staging / THUMBNAILS_MARKER).write_text("thumbnails of the report beside this folder\n", encoding="utf-8")
-    for cluster, sprite in sprites.items():
-        (staging / _sprite_name(cluster, sprite)).write_bytes(sprite.data)
+    for (clustering, cluster), sprite in sprites.items():
+        (staging / _sprite_name(clustering, cluster, sprite)).write_bytes(sprite.data)
     if files_dir.exists():
         if not (files_dir / THUMBNAILS_MARKER).exists():
             shutil.rmtree(staging)
@@ -143,8 +145,7 @@ def _write_sprites(files_dir: Path, sprites: dict[int, Sprite]) -> None:
 
 def _headline(main: ClusterResult, source: str) -> list[tuple[str, str]]:
     a = main.assignments[source]
-    k = main.clustering.get("n_clusters") or int(a.cluster.max()) + 1
-    items = [("images", f"{len(a.cluster):,}"), ("clusters", f"{k:,}")]
+    items = [("images", f"{len(a.cluster):,}"), ("clusters", f"{main.clustering.n_clusters:,}")]
     scored = main.metrics.get(source, {}).get("fit_on_eval")
     if scored:
         items += [(name.upper(), f"{scored[name]:.3f}") for name in ("acc", "nmi", "ari") if name in scored]
@@ -155,25 +156,25 @@ def _headline(main: ClusterResult, source: str) -> list[tuple[str, str]]:
 
 def _run_cards(run: RunFolder) -> list[tuple[str, list[tuple[str, str]]]]:
     cards = [("Data", _data_card(run.main)), ("Features", _features_card(run.main)),
-             ("Clustering", _clustering_card(run.main)), ("Time", _time_card(run))]
+             ("Clustering", _clustering_card(run)), ("Time", _time_card(run))]
     return [(title, items) for title, items in cards if items]
 
 
 def _data_card(main: ClusterResult) -> list[tuple[str, str]]:
     items = []
-    for source, store in main.stores.items():
-        if store is None:
-            items.append((source, f"{main.metrics.get(source, {}).get('n', '?')} images (features not found)"))
-            continue
-        m = store.manifest
-        classes = f", {len(store.classes)} classes" if store.classes else ", unlabelled"
-        skipped = f", {m['n_skipped']} unreadable skipped" if m.get("n_skipped") else ""
-        items.append((source, f"{m.get('dataset', '?')} · {store.n:,} images{classes}{skipped}"))
+    for source in main.sources:
+        store = main.clustering.store(source)
+        classes = main.clustering.classes(source)
+        described = f", {len(classes)} classes" if classes else ", unlabelled"
+        if store is not None and store.manifest.get("n_skipped"):
+            described += f", {store.manifest['n_skipped']} unreadable skipped"
+        items.append((source, f"{main.clustering.dataset(source)} · {len(main.assignments[source].cluster):,} "
+                              f"images{described}"))
     return items
 
 
 def _features_card(main: ClusterResult) -> list[tuple[str, str]]:
-    first = next((s for s in main.stores.values() if s is not None), None)
+    first = next((store for store in map(main.clustering.store, main.sources) if store is not None), None)
     if first is None:
         return []
     m = first.manifest
@@ -190,10 +191,14 @@ def _features_card(main: ClusterResult) -> list[tuple[str, str]]:
     return items
 
 
-def _clustering_card(main: ClusterResult) -> list[tuple[str, str]]:
-    settings, fitted = main.settings, main.clustering
-    pca, kmeans, evaluate = settings.get("pca", {}), settings.get("kmeans", {}), settings.get("evaluate", {})
-    items = [("method", main.method)]
+def _clustering_card(run: RunFolder) -> list[tuple[str, str]]:
+    main = run.main
+    items = [("shown", main.method)]
+    if len(run.results) > 1:
+        items.append(("also in this run", "; ".join(r.method for r in run.results if r is not main)))
+    items.append(("clusters", f"{main.clustering.n_clusters:,}"))
+    settings, fitted = main.settings, main.fitted
+    pca, kmeans = settings.get("pca", {}), settings.get("kmeans", {})
     if pca and not pca.get("enabled", True):
         items.append(("PCA", "off"))
     elif pca:
@@ -205,20 +210,29 @@ def _clustering_card(main: ClusterResult) -> list[tuple[str, str]]:
         items.append(("PCA", text))
     if kmeans:
         spherical = "spherical, " if kmeans.get("spherical") else ""
-        items.append(("k-means", f"{kmeans.get('n_clusters')} clusters, {spherical}{kmeans.get('n_init')} init, "
-                                 f"≤ {kmeans.get('max_iter')} iterations, random_state {kmeans.get('random_state')}"))
+        items.append(("k-means", f"{spherical}{kmeans.get('n_init')} init, ≤ {kmeans.get('max_iter')} iterations, "
+                                 f"random_state {kmeans.get('random_state')}"))
     if "inertia" in fitted:
         items.append(("converged", f"inertia {fitted['inertia']:.6g} after {fitted.get('n_iter')} iterations"))
-    if evaluate:
-        items.append(("evaluation", f"{evaluate.get('mapping')} mapping, NMI/AMI {evaluate.get('average_method')}"))
+    training = settings.get("training", {}).get("config", {})
+    if training:
+        items.append(("training", ", ".join(f"{k} {v}" for k, v in training.items()
+                                            if k in ("n_heads", "epochs", "lr", "entropy_weight", "threshold",
+                                                     "n_neighbors", "batch_size"))))
+    for key in ("best_head", "neighbor_purity", "confident_fraction_end"):
+        if fitted.get(key) is not None:
+            value = fitted[key]
+            items.append((key.replace("_", " "), f"{value:.3f}" if isinstance(value, float) else str(value)))
+    items.append(("evaluation", f"{main.mapping} mapping, NMI/AMI "
+                                f"{main.info.get('evaluate', {}).get('average_method', 'arithmetic')}"))
     return items
 
 
 def _time_card(run: RunFolder) -> list[tuple[str, str]]:
     items = [(stage, _duration(seconds)) for stage, seconds in run.timings.items()]
-    if run.summary is not None:  # the run's stages, then the clustering stage's own breakdown
-        items += [(f"cluster: {stage.replace('_', ' ')}", _duration(s))
-                  for stage, s in run.main.run.get("timings_seconds", {}).items()]
+    if run.summary is not None:  # the run's stages, then the shown clustering's own breakdown
+        items += [(f"clustering: {stage.replace('_', ' ')}", _duration(s))
+                  for stage, s in run.main.info.get("timings_seconds", {}).items()]
         items.append(("total", _duration(sum(run.timings.values()))))
     return items
 
@@ -245,9 +259,9 @@ def _details(run: RunFolder) -> list[tuple[str, str]]:
     if run.config_text:
         details.append(("config.yaml", run.config_text))
     for result in run.results:
-        details.append((f"{result.method}: settings ({result.path.name}/run.json)",
-                        json.dumps(result.run.get("settings", {}), indent=2)))
-    versions = run.main.run.get("versions")
+        details.append((f"{result.method}: settings ({result.path.name}/clustering.json)",
+                        json.dumps(result.settings, indent=2)))
+    versions = run.main.info.get("versions")
     if versions:
         details.append(("versions", "\n".join(f"{k} {v}" for k, v in versions.items())))
     return details
@@ -260,10 +274,8 @@ def _metrics_table(run: RunFolder) -> MetricsTable | None:
               "ARI", "purity"]
     rows, protocol = [], None
     for result in run.results:
-        specs = {s: (st.manifest.get("dataset") if st is not None else None) for s, st in result.stores.items()}
-        inputs = result.settings.get("inputs", [])
-        for i, (source, entry) in enumerate((k, v) for k, v in result.metrics.items() if not k.startswith("_")):
-            spec = specs.get(source) or (inputs[i].get("dataset") if i < len(inputs) else None) or "?"
+        for source, entry in ((k, v) for k, v in result.metrics.items() if not k.startswith("_")):
+            spec = result.clustering.dataset(source)
             on_eval, on_train = entry.get("fit_on_eval"), entry.get("fit_on_train")
             if on_eval:
                 protocol = protocol or on_eval
@@ -305,37 +317,35 @@ def _mapped_classes(a: SourceAssignments, method: str) -> dict[int, int]:
     from .. import metrics
 
     known = a.label >= 0
-    return metrics.contingency(a.cluster[known], a.label[known]).mapping(method).as_dict()
+    return metrics.contingency(a.label[known], a.cluster[known]).mapping(method).as_dict()
 
 
-def _heatmaps(result: ClusterResult) -> list[Figure]:
+def _heatmaps(result: ClusterResult, index: int) -> list[Figure]:
     from .plots import confusion_heatmap
 
     figures = []
-    method = result.settings.get("evaluate", {}).get("mapping", "hungarian")
     for source, a in result.assignments.items():
         if not a.has_labels:
             continue
         names = _class_names(result, source)
-        k = max(int(a.cluster.max()) + 1, result.clustering.get("n_clusters", 0))
+        k = max(int(a.cluster.max()) + 1, result.clustering.n_clusters)
         counts = _contingency(a, k, len(names))
-        mapped = _mapped_classes(a, method)
+        mapped = _mapped_classes(a, result.mapping)
         rows = sorted(mapped, key=lambda c: (mapped[c], -counts[c].sum(), c))
         columns = np.flatnonzero(counts.sum(axis=0))
-        spec = result.stores[source].manifest.get("dataset") if result.stores.get(source) else None
-        title = f"{source}" + (f" · {spec}" if spec else "")
+        title = f"{result.method} · {source} · {result.clustering.dataset(source)}"
         png = confusion_heatmap(counts[np.ix_(rows, columns)], rows, [names[j] for j in columns], title)
-        figures.append(Figure(png, f"{source}: {len(rows)} clusters × {len(columns)} classes, "
-                                   f"{int(counts.sum()):,} labelled images, {method} mapping fitted on {source}",
-                              f"confusion heatmap of {source}"))
+        figures.append(Figure(png, f"{result.method}, {source}: {len(rows)} clusters × {len(columns)} classes, "
+                                   f"{int(counts.sum()):,} labelled images, {result.mapping} mapping fitted on "
+                                   f"{source}", f"confusion heatmap of {source}", clustering=index))
     return figures
 
 
-def _sizes_figure(result: ClusterResult, source: str) -> Figure:
+def _sizes_figure(result: ClusterResult, source: str, index: int) -> Figure:
     from .plots import cluster_sizes
 
     a = result.assignments[source]
-    k = max(int(a.cluster.max()) + 1, result.clustering.get("n_clusters", 0))
+    k = max(int(a.cluster.max()) + 1, result.clustering.n_clusters)
     sizes = np.bincount(a.cluster, minlength=k)
     purity = None
     if a.has_labels:
@@ -343,9 +353,10 @@ def _sizes_figure(result: ClusterResult, source: str) -> Figure:
         labelled = counts.sum(axis=1)
         purity = np.where(labelled > 0, counts.max(axis=1) / np.maximum(labelled, 1), np.nan)
     empty = int((sizes == 0).sum())
-    caption = (f"{source}: {len(a.cluster):,} images in {k:,} clusters; sizes {sizes.min():,}–{sizes.max():,}, "
-               f"median {int(np.median(sizes)):,}" + (f"; {empty} empty" if empty else ""))
-    return Figure(cluster_sizes(sizes, purity), caption, f"cluster sizes of {source}", wide=True)
+    caption = (f"{result.method}, {source}: {len(a.cluster):,} images in {k:,} clusters; sizes "
+               f"{sizes.min():,}–{sizes.max():,}, median {int(np.median(sizes)):,}"
+               + (f"; {empty} empty" if empty else ""))
+    return Figure(cluster_sizes(sizes, purity), caption, f"cluster sizes of {source}", wide=True, clustering=index)
 
 
 # ---- cluster browser ------------------------------------------------------------------------------
@@ -354,29 +365,27 @@ def _cluster_browser(result: ClusterResult, source: str, n_typical: int, n_rando
                      seed: int, progress: bool, warnings: list[str]) -> tuple[dict, dict[int, Sprite]]:
     """The JSON the page's script renders (without sprite URLs), and {cluster: its montage}."""
     a = result.assignments[source]
-    k = max(int(a.cluster.max()) + 1, result.clustering.get("n_clusters", 0))
+    k = max(int(a.cluster.max()) + 1, result.clustering.n_clusters)
     sizes = np.bincount(a.cluster, minlength=k)
-    spread = np.bincount(a.cluster, weights=a.distance, minlength=k) / np.maximum(sizes, 1)
+    centroids = bool(np.isfinite(a.distance).all())
+    spread = np.bincount(a.cluster, weights=a.distance if centroids else a.confidence, minlength=k) / \
+        np.maximum(sizes, 1)
     labelled = a.has_labels
     names = _class_names(result, source) if labelled else []
     if labelled:
         counts = _contingency(a, k, len(names))
-        mapped = _mapped_classes(a, result.settings.get("evaluate", {}).get("mapping", "hungarian"))
+        mapped = _mapped_classes(a, result.mapping)
 
     members = pick_members(a, n_typical, n_random, seed)
-    store = result.stores.get(source)
-    items = store.items if store is not None else None
     sprites, images_note = {}, None
     if n_typical + n_random == 0:
         images_note = "montages turned off"
-    elif store is None:
-        images_note = f"no images: the features of {source} were not found"
     else:
         try:
-            read = image_reader(store)
+            read = image_reader(result.clustering.dataset(source), a.items)
         except NolabelError as e:
             images_note = f"no images: the dataset could not be loaded ({e})"
-            warnings.append(f"Montages left out: the dataset of {source} could not be loaded: {e}")
+            warnings.append(f"Montages left out: the dataset of {source} could not be loaded ({result.method}): {e}")
         else:
             sprites = _render_sprites(members, read, thumb_px, progress)
 
@@ -396,10 +405,13 @@ def _cluster_browser(result: ClusterResult, source: str, n_typical: int, n_rando
         sprite = sprites.get(cluster)
         if sprite is not None:
             entry["tile_px"] = sprite.tile_px
-            entry["tiles"] = [{"name": items[m.row], "kind": m.kind, "ok": ok}
+            entry["tiles"] = [{"name": a.items[m.row], "kind": m.kind, "ok": ok}
                               for m, ok in zip(members[cluster], sprite.readable)]
         clusters.append(entry)
-    return {"labelled": labelled, "images_note": images_note, "clusters": clusters}, sprites
+    return {"labelled": labelled, "images_note": images_note, "centroids": centroids,
+            "classes": sorted({c["mapped"] for c in clusters if c["mapped"] is not None},
+                              key=names.index) if labelled else [],
+            "clusters": clusters}, sprites
 
 
 def _render_sprites(members, read, thumb_px: int, progress: bool) -> dict:
@@ -415,10 +427,12 @@ def _render_sprites(members, read, thumb_px: int, progress: bool) -> dict:
 
 def _browser_note(result: ClusterResult, source: str, n_typical: int, n_random: int, page_size: int,
                   k: int) -> str:
-    spec = result.stores[source].manifest.get("dataset") if result.stores.get(source) else None
-    text = (f"Images of {source}" + (f" ({spec})" if spec else "") + f": per cluster the {n_typical} closest to "
-            f"its centre (in the clustered feature space) and {n_random} drawn at random from the rest.")
-    if result.assignments[source].has_labels:
+    a = result.assignments[source]
+    typical = ("closest to its centre (in the clustered feature space)" if np.isfinite(a.distance).all()
+               else "the clustering is most confident of")
+    text = (f"{result.method}: images of {source} ({result.clustering.dataset(source)}): per cluster the "
+            f"{n_typical} {typical} and {n_random} drawn at random from the rest.")
+    if a.has_labels:
         text += " Purity: share of the cluster's labelled images in its majority class."
     if k > page_size:
         text += f" {page_size} clusters per page."

@@ -110,14 +110,18 @@ footer { color: var(--faint); font-size: 12px; padding: 10px 0 40px; }
 JS = """
 (function () {
   "use strict";
-  const data = JSON.parse(document.getElementById("cluster-data").textContent);
+  const all = JSON.parse(document.getElementById("cluster-data").textContent);
   const list = document.getElementById("cluster-list");
   const pagers = Array.from(document.querySelectorAll(".pager"));
+  const clusteringSelect = document.getElementById("clustering-select");
   const orderSelect = document.getElementById("cluster-order");
   const classSelect = document.getElementById("cluster-class");
+  const classLabel = document.getElementById("cluster-class-label");
   const findInput = document.getElementById("cluster-find");
   const tilePx = parseInt(getComputedStyle(document.documentElement).getPropertyValue("--tile"), 10) || 64;
-  const state = { order: orderSelect.value, cls: "", page: 0 };
+  const pageSize = all.page_size;
+  let data = null;
+  const state = { order: "", cls: "", page: 0 };
 
   const orders = {
     "class": (a, b) => (a.mapped_rank - b.mapped_rank) || (b.size - a.size) || (a.id - b.id),
@@ -131,6 +135,12 @@ JS = """
     const node = document.createElement(tag);
     if (className) node.className = className;
     if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function option(value, text) {
+    const node = el("option", "", text);
+    node.value = value;
     return node;
   }
 
@@ -191,14 +201,16 @@ JS = """
         meta.appendChild(el("div", "mapped", "no labelled image"));
       }
     }
-    meta.appendChild(el("div", "spread", "mean distance to centre " + c.spread.toPrecision(3)));
+    meta.appendChild(el("div", "spread", data.centroids ? "mean distance to centre " + c.spread.toPrecision(3)
+      : "mean confidence " + percent(c.spread)));
     node.appendChild(meta);
 
     const montage = el("div", "montage");
     if (!c.tiles.length) {
       montage.appendChild(el("div", "noimages", data.images_note || "no images"));
     }
-    [["typical", "closest to the centre"], ["random", "random members"]].forEach(([kind, title]) => {
+    const typical = data.centroids ? "closest to the centre" : "most confident";
+    [["typical", typical], ["random", "random members"]].forEach(([kind, title]) => {
       if (!c.tiles.some((t) => t.kind === kind)) return;
       const group = el("div", "group");
       group.appendChild(el("div", "label", title));
@@ -238,17 +250,41 @@ JS = """
 
   function render() {
     const shown = visible();
-    const pages = Math.max(1, Math.ceil(shown.length / data.page_size));
+    const pages = Math.max(1, Math.ceil(shown.length / pageSize));
     state.page = Math.min(state.page, pages - 1);
-    const start = state.page * data.page_size;
-    const slice = shown.slice(start, start + data.page_size);
+    const start = state.page * pageSize;
+    const slice = shown.slice(start, start + pageSize);
     list.replaceChildren(...slice.map(card));
-    document.getElementById("cluster-count").textContent = shown.length > data.page_size
+    document.getElementById("cluster-count").textContent = shown.length > pageSize
       ? "clusters " + (start + 1) + "\u2013" + (start + slice.length) + " of " + shown.length
       : shown.length + (shown.length === 1 ? " cluster" : " clusters");
     pagers.forEach((p) => { p.hidden = pages < 2; drawPager(p, pages); });
   }
 
+  // Show clustering `index`: its clusters, its note, its orders and class filter, and its figures.
+  function choose(index) {
+    data = all.clusterings[index];
+    document.getElementById("cluster-note").textContent = data.note;
+    const orderChoices = (data.labelled ? [["class", "mapped class"]] : []).concat(
+      [["size", "largest first"], ["small", "smallest first"]],
+      data.labelled ? [["purity", "least pure first"]] : [], [["id", "cluster number"]]);
+    orderSelect.replaceChildren(...orderChoices.map(([v, t]) => option(v, t)));
+    if (classSelect) {
+      classSelect.replaceChildren(option("", "any class"), ...data.classes.map((n) => option(n, n)));
+      classLabel.hidden = !data.labelled;
+    }
+    state.order = orderSelect.value;
+    state.cls = "";
+    state.page = 0;
+    document.querySelectorAll("[data-clustering]").forEach((node) => {
+      node.hidden = node.getAttribute("data-clustering") !== String(index);
+    });
+    render();
+  }
+
+  if (clusteringSelect) {
+    clusteringSelect.addEventListener("change", () => choose(parseInt(clusteringSelect.value, 10)));
+  }
   orderSelect.addEventListener("change", () => { state.order = orderSelect.value; state.page = 0; render(); });
   if (classSelect) {
     classSelect.addEventListener("change", () => { state.cls = classSelect.value; state.page = 0; render(); });
@@ -261,12 +297,12 @@ JS = """
     }
     const at = visible().findIndex((c) => c.id === id);
     if (at < 0) return;
-    state.page = Math.floor(at / data.page_size);
+    state.page = Math.floor(at / pageSize);
     render();
     const node = document.getElementById("cluster-" + id);
     node.scrollIntoView({ block: "center" });
     node.classList.add("flash");
   });
-  render();
+  choose(all.primary);
 })();
 """

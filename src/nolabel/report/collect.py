@@ -1,71 +1,70 @@
-"""Reading what a report shows from a run folder or a standalone cluster folder.
+"""What a report shows, read from a run folder or from one clustering folder.
 
-A run folder (`nolabel run`) holds summary.json, config.yaml, cluster/ and optionally baseline/cluster/;
-a cluster folder (`nolabel cluster --out DIR`) holds run.json, metrics.json and assignments.csv.
-Paths recorded inside them (feature stores, cluster folders) are absolute or relative to where the
-run was made; when a run folder has been moved they are looked up again relative to it.
+A run folder (`nolabel run`) holds summary.json (its results rows, one per clustering, and which
+clustering is the run's primary one), config.yaml and the clustering folders; a clustering folder
+(`nolabel cluster --out DIR`, `nolabel scan --out DIR`, ...) is read by `nolabel.clustering`.
+Paths recorded in summary.json are absolute or relative to where the run was made; when a run folder
+has been moved they are looked up again relative to it.
 """
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from ..clustering import CLUSTERING_JSON, Clustering, SourceAssignments, load_clustering
 from ..errors import NolabelError
 from ..io import read_json
-from ..store import FeatureStore
 
-ASSIGNMENTS = "assignments.csv"
-RUN_JSON = "run.json"
-METRICS_JSON = "metrics.json"
 SUMMARY_JSON = "summary.json"
 
-
-@dataclass
-class SourceAssignments:
-    """One source's rows of assignments.csv: (N,) arrays indexed by store row."""
-
-    cluster: np.ndarray
-    distance: np.ndarray
-    label: np.ndarray
-
-    @property
-    def has_labels(self) -> bool:
-        return bool((self.label >= 0).any())
+__all__ = ["ClusterResult", "RunFolder", "SourceAssignments", "read_run"]
 
 
 @dataclass
 class ClusterResult:
-    """One clustering folder: its method name, settings, metrics, assignments and feature stores."""
+    """One clustering as the report shows it: its name in the run's results table and the clustering."""
 
     method: str
-    path: Path
-    run: dict[str, Any]
-    metrics: dict[str, Any]
-    assignments: dict[str, SourceAssignments]
-    stores: dict[str, FeatureStore | None]
-    store_problems: dict[str, str] = field(default_factory=dict)
+    clustering: Clustering
+
+    @property
+    def path(self) -> Path:
+        return self.clustering.path
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.clustering.info
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.clustering.metrics
+
+    @property
+    def assignments(self) -> dict[str, SourceAssignments]:
+        return self.clustering.assignments
 
     @property
     def sources(self) -> list[str]:
-        return list(self.assignments)
+        return self.clustering.sources
 
     @property
-    def clustering(self) -> dict[str, Any]:
+    def fitted(self) -> dict[str, Any]:
+        """Facts of the fit (k-means' inertia, SCAN's kept head, ...)."""
         return self.metrics.get("_clustering", {})
 
     @property
     def settings(self) -> dict[str, Any]:
-        return self.run.get("settings", {})
+        return self.info.get("settings", {})
+
+    @property
+    def mapping(self) -> str:
+        return self.info.get("evaluate", {}).get("mapping", "hungarian")
 
     def classes(self, source: str) -> list[str]:
-        """Class names of `source`, from its store; label ids as names when the store is missing."""
-        store = self.stores.get(source)
-        names = store.classes if store is not None else []
+        """Class names of `source`; label ids as names for labels beyond them."""
+        names = self.clustering.classes(source)
         labels = self.assignments[source].label
         n = int(labels.max()) + 1 if labels.size else 0
         return names if len(names) >= n else names + [str(i) for i in range(len(names), n)]
@@ -73,91 +72,52 @@ class ClusterResult:
 
 @dataclass
 class RunFolder:
-    """Everything the report reads: `results[0]` is the clustering browsed image by image."""
+    """Everything the report reads: every clustering of the run, and which one is the primary."""
 
     path: Path
     name: str
     results: list[ClusterResult]
     summary: dict[str, Any] | None
     config_text: str | None
-    # Summary rows of stages that keep predictions but no clustering folder (SCAN, self-labeling):
-    # their metrics are in summary.json; the report names them without browsing them.
-    other_rows: list[dict[str, Any]] = field(default_factory=list)
+    primary: int = 0
+    problems: list[str] = field(default_factory=list)
 
     @property
     def main(self) -> ClusterResult:
-        return self.results[0]
+        return self.results[self.primary]
 
     @property
     def timings(self) -> dict[str, float]:
         if self.summary and self.summary.get("timings_seconds"):
             return dict(self.summary["timings_seconds"])
-        return dict(self.main.run.get("timings_seconds", {}))
+        return dict(self.main.info.get("timings_seconds", {}))
 
 
 def read_run(path: str | os.PathLike) -> RunFolder:
-    """Open a run folder or a cluster folder; raise NolabelError when it is neither."""
+    """Open a run folder or a clustering folder; raise NolabelError when it is neither."""
     path = Path(path)
     if not path.is_dir():
-        raise NolabelError(f"{path}: no such folder; pass a run folder (nolabel run) or a cluster folder "
-                           "(nolabel cluster --out)")
+        raise NolabelError(f"{path}: no such folder; pass a run folder (nolabel run) or a clustering folder "
+                           "(nolabel cluster --out, nolabel scan --out, ...)")
     if (path / SUMMARY_JSON).exists():
         summary = read_json(path / SUMMARY_JSON)
         origin = summary.get("folder")
-        results, other_rows = [], []
-        for row in summary.get("rows", []):
-            folder = _relocate(row["folder"], origin, path)
-            if not (folder / RUN_JSON).exists():  # a SCAN or self-labeling row: scored in summary.json
-                other_rows.append(row)
-            else:
-                results.append(read_cluster_folder(folder, row["method"], origin, path))
+        results = [ClusterResult(row["method"], load_clustering(_relocate(row["folder"], origin, path)))
+                   for row in summary.get("rows", [])]
         if not results:
-            raise NolabelError(f"{path / SUMMARY_JSON}: lists no clustering rows")
+            raise NolabelError(f"{path / SUMMARY_JSON}: lists no clustering")
+        primary_folder = summary.get("primary")
+        primary = next((i for i, row in enumerate(summary["rows"]) if row["folder"] == primary_folder), 0)
         config = path / "config.yaml"
         return RunFolder(path, str(summary.get("name") or path.name), results, summary,
-                         config.read_text(encoding="utf-8") if config.exists() else None, other_rows)
-    if (path / RUN_JSON).exists() and (path / ASSIGNMENTS).exists():
-        return RunFolder(path, path.name, [read_cluster_folder(path, _method_name(read_json(path / RUN_JSON)))],
-                         None, None)
-    if (path / "cluster" / RUN_JSON).exists():
+                         config.read_text(encoding="utf-8") if config.exists() else None, primary)
+    if (path / CLUSTERING_JSON).exists():
+        clustering = load_clustering(path)
+        return RunFolder(path, path.name, [ClusterResult(clustering.method, clustering)], None, None)
+    if (path / "cluster" / CLUSTERING_JSON).exists():
         return read_run(path / "cluster")
-    raise NolabelError(f"{path}: neither a run folder (no {SUMMARY_JSON}) nor a cluster folder "
-                       f"(no {RUN_JSON} and {ASSIGNMENTS}); wait for the run to finish or pass its folder")
-
-
-def read_cluster_folder(path: Path, method: str, origin: str | None = None,
-                        moved_to: Path | None = None) -> ClusterResult:
-    for required in (RUN_JSON, METRICS_JSON, ASSIGNMENTS):
-        if not (path / required).exists():
-            raise NolabelError(f"{path}: no {required}; the clustering stage has not finished")
-    run = read_json(path / RUN_JSON)
-    stores, problems = {}, {}
-    for source, store_path in run.get("sources", {}).items():
-        try:
-            stores[source] = FeatureStore.open(_relocate(store_path, origin, moved_to))
-        except NolabelError as e:
-            stores[source], problems[source] = None, str(e)
-    return ClusterResult(method, path, run, read_json(path / METRICS_JSON), read_assignments(path / ASSIGNMENTS),
-                         stores, problems)
-
-
-def read_assignments(path: Path) -> dict[str, SourceAssignments]:
-    """assignments.csv (row, source, cluster, distance, label) split by source, rows in store order."""
-    columns: dict[str, tuple[list, list, list, list]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            rows, clusters, distances, labels = columns.setdefault(row["source"], ([], [], [], []))
-            rows.append(int(row["row"]))
-            clusters.append(int(row["cluster"]))
-            distances.append(float(row["distance"]))
-            labels.append(int(row["label"]))
-    result = {}
-    for source, (rows, clusters, distances, labels) in columns.items():
-        order = np.argsort(np.asarray(rows), kind="stable")
-        result[source] = SourceAssignments(np.asarray(clusters, np.int64)[order],
-                                           np.asarray(distances, np.float64)[order],
-                                           np.asarray(labels, np.int64)[order])
-    return result
+    raise NolabelError(f"{path}: neither a run folder (no {SUMMARY_JSON}) nor a clustering folder "
+                       f"(no {CLUSTERING_JSON}); wait for the run to finish or pass its folder")
 
 
 def _relocate(recorded: str, origin: str | None, moved_to: Path | None) -> Path:
@@ -169,10 +129,3 @@ def _relocate(recorded: str, origin: str | None, moved_to: Path | None) -> Path:
         return moved_to / path.relative_to(origin)
     except ValueError:
         return path
-
-
-def _method_name(run: dict[str, Any]) -> str:
-    settings = run.get("settings", {})
-    inputs = settings.get("inputs") or [{}]
-    pca = " + PCA" if settings.get("pca", {}).get("enabled", True) else ""
-    return f"{inputs[0].get('model') or 'features'}{pca} + k-means"

@@ -15,8 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import NolabelError
-from ..store import FeatureStore
-from .collect import SourceAssignments
+from ..clustering import SourceAssignments
 
 JPEG_QUALITY = 82
 MISSING_TILE_RGB = (226, 229, 234)
@@ -40,10 +39,12 @@ class Sprite:
 
 def pick_members(assignments: SourceAssignments, n_typical: int, n_random: int,
                  seed: int = 0) -> dict[int, list[Member]]:
-    """{cluster: members}: the `n_typical` rows with the smallest distance to the centroid, in that
-    order, then `n_random` other rows drawn at random (sorted by row)."""
+    """{cluster: members}: the `n_typical` most typical rows (nearest the centroid, or most confident
+    where there are no centroids), in that order, then `n_random` other rows drawn at random (sorted
+    by row)."""
     rng = np.random.default_rng(seed)
-    order = np.lexsort((assignments.distance, assignments.cluster))
+    typical = assignments.typical_order()
+    order = typical[np.argsort(assignments.cluster[typical], kind="stable")]
     sorted_clusters = assignments.cluster[order]
     ids, starts = np.unique(sorted_clusters, return_index=True)
     ends = np.append(starts[1:], len(order))
@@ -57,21 +58,17 @@ def pick_members(assignments: SourceAssignments, n_typical: int, n_random: int,
     return members
 
 
-def image_reader(store: FeatureStore) -> Callable[[int], Image.Image | None]:
-    """row -> the store row's image (None when unreadable), from the dataset named in its manifest.
+def image_reader(spec: str, items: list[str]) -> Callable[[int], Image.Image | None]:
+    """row -> the image of `items[row]` (None when unreadable) in the dataset `spec`.
 
-    Raises NolabelError when the dataset cannot be loaded or no longer holds the store's items.
+    Raises NolabelError when the dataset cannot be loaded or no longer holds these items.
     """
     from ..data import BadImageError, load
 
-    spec = store.manifest.get("dataset")
-    if not spec:
-        raise NolabelError(f"{store.path}: the manifest names no dataset")
     dataset = load(spec)
     position = {name: i for i, name in enumerate(dataset.item_names)}
-    items = store.items
     if items and items[0] not in position and items[-1] not in position:
-        raise NolabelError(f"{spec} no longer holds the images of {store.path} (e.g. {items[0]})")
+        raise NolabelError(f"{spec} no longer holds the images clustered (e.g. {items[0]})")
 
     def read(row: int) -> Image.Image | None:
         i = position.get(items[row])

@@ -26,6 +26,7 @@ class Figure:
     caption: str
     alt: str
     wide: bool = False  # a row of its own
+    clustering: int | None = None  # shown with that clustering of the browser's selector (None: always)
 
 
 @dataclass
@@ -44,10 +45,10 @@ class Page:
     metrics: MetricsTable | None
     metrics_missing: str
     heatmaps: list[Figure]
-    sizes: Figure | None
-    clusters: dict[str, Any]  # the JSON block the script renders
-    cluster_note: str
-    class_names: list[str]  # for the filter; empty when unlabelled
+    sizes: list[Figure]
+    # the JSON block the script renders: {"clusterings": [{"name", "note", "labelled", "classes",
+    # "clusters", ...}], "primary": index shown first, "page_size": clusters per page}
+    clusters: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
     details: list[tuple[str, str]] = field(default_factory=list)
@@ -74,7 +75,7 @@ def render(page: Page) -> str:
                          + '<p class="note">Rows are clusters ordered by the class each maps to; a row is '
                            "coloured by the share of the cluster's labelled images in each class.</p>"))
     if page.sizes:
-        sections.append(("sizes", "Cluster sizes", _figures([page.sizes])))
+        sections.append(("sizes", "Cluster sizes", _figures(page.sizes)))
     sections.append(("clusters", "Clusters", _cluster_browser(page)))
     if page.figures:
         sections.append(("plots", "Plots", _figures(page.figures)))
@@ -160,25 +161,28 @@ def _best_per_source(rows: list[list[Any]]) -> dict[tuple[str, int], float]:
 
 
 def _figures(figures: list[Figure]) -> str:
+    """Figures in a grid; one that belongs to a clustering is shown while the browser shows it."""
     return '<div class="figures">' + "".join(
-        f'<figure class="{"wide" if f.wide else ""}"><img src="{data_uri(f.png, "image/png")}" alt="{escape(f.alt)}">'
+        f'<figure class="{"wide" if f.wide else ""}"'
+        + (f' data-clustering="{f.clustering}"' if f.clustering is not None else "")
+        + f'><img src="{data_uri(f.png, "image/png")}" alt="{escape(f.alt)}">'
         f"<figcaption>{escape(f.caption)}</figcaption></figure>" for f in figures) + "</div>"
 
 
 def _cluster_browser(page: Page) -> str:
-    labelled = bool(page.class_names)
-    orders = ([("class", "mapped class")] if labelled else []) + [
-        ("size", "largest first"), ("small", "smallest first")] + (
-        [("purity", "least pure first")] if labelled else []) + [("id", "cluster number")]
-    order_options = "".join(f'<option value="{v}">{escape(t)}</option>' for v, t in orders)
-    class_filter = ""
-    if labelled:
-        options = "".join(f'<option value="{escape(n)}">{escape(n)}</option>' for n in page.class_names)
-        class_filter = (f'<label>mapped to <select id="cluster-class"><option value="">any class</option>'
-                        f"{options}</select></label>")
-    return f"""<p class="note">{escape(page.cluster_note)}</p>
+    """The browser's controls; the script fills the clustering selector, the class filter (labelled
+    clusterings) and the list."""
+    clusterings = page.clusters["clusterings"]
+    choices = "".join(f'<option value="{i}"{" selected" if i == page.clusters["primary"] else ""}>'
+                      f'{escape(c["name"])}</option>' for i, c in enumerate(clusterings))
+    chooser = (f'<label>clustering <select id="clustering-select">{choices}</select></label>'
+               if len(clusterings) > 1 else "")
+    class_filter = ('<label id="cluster-class-label">mapped to <select id="cluster-class"></select></label>'
+                    if any(c["labelled"] for c in clusterings) else "")
+    return f"""<p class="note" id="cluster-note"></p>
 <div class="controls">
-<label>order <select id="cluster-order">{order_options}</select></label>
+{chooser}
+<label>order <select id="cluster-order"></select></label>
 {class_filter}
 <label>go to cluster <input id="cluster-find" type="number" min="0" inputmode="numeric"></label>
 <span id="cluster-count" class="note" style="margin:0"></span>

@@ -15,9 +15,11 @@ the one with the lowest SCAN loss on the whole dataset (no labels involved) is k
   precomputed features, with optional features of augmented views `(V, N, D)`: what ImageNet scale
   and CPUs need) and `train_scan_network` (backbone and heads together on images, with batched
   tensor augmentation, `nolabel.augment.StrongAugment` by default, as SCAN does);
-- `stage`: the stage from files (`run_scan`, `nolabel scan`) and prediction of new images.
+- `stage`: the stage from files (`run_scan`, `nolabel scan`) and prediction of new images;
+- `estimator`: `SCAN`, heads on frozen features as a scikit-learn clusterer (fit / predict).
 """
 from ...config import ScanConfig
+from .estimator import SCAN
 from .heads import ClusterHeads, ListHead
 from .loss import ScanLoss, entropy, scan_loss, scan_loss_of_probabilities, select_head
 from .stage import (apply_stage_pca, load_stage_inputs, predict_scan, project_inputs, run_scan, stage_source,
@@ -25,7 +27,7 @@ from .stage import (apply_stage_pca, load_stage_inputs, predict_scan, project_in
 from .train import (FeatureInputs, ImageInputs, ScanResult, load_scan, save_scan, train_scan_features,
                     train_scan_network)
 
-__all__ = ["ClusterHeads", "FeatureInputs", "ImageInputs", "ListHead", "ScanConfig", "ScanLoss", "ScanResult",
+__all__ = ["ClusterHeads", "FeatureInputs", "ImageInputs", "ListHead", "SCAN", "ScanConfig", "ScanLoss", "ScanResult",
            "apply_stage_pca", "entropy", "load_scan", "load_stage_inputs", "predict_scan", "project_inputs",
            "run_scan", "save_scan", "scan_loss", "scan_loss_of_probabilities", "select_head", "stage_source",
            "train_scan_features", "train_scan_network", "write_augmented_views"]

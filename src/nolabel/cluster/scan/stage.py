@@ -8,41 +8,37 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from ... import distributed, record
-from ...config import ScanConfig
+from ...clustering import Source
+from ...config import EvaluateConfig, ScanConfig
 from ...errors import NolabelError
+from ...store import unique_names
 from .heads import ListHead
 from .train import FeatureInputs, ImageInputs, _json, _predict, load_scan, train_scan_features, train_scan_network
 
 
-def _labelled_metrics(predictions: np.ndarray, labels: np.ndarray | None) -> dict[str, Any] | None:
-    from ...metrics import evaluate
-
-    if labels is None or not (np.asarray(labels) >= 0).any():
-        return None
-    known = np.asarray(labels) >= 0
-    return evaluate(predictions[known], np.asarray(labels)[known])
-
-
-def load_stage_inputs(features: str | Path | None, augmented: list[str | Path] | tuple = (), data: str | None = None,
+def load_stage_inputs(features: str | Path | np.ndarray | None, augmented: list[str | Path] | tuple = (), data: str | None = None,
                       model: str | None = None, weights: str | Path | None = None, image_size: int | None = None,
                       backbone_state: dict | None = None) -> dict[str, Any]:
     """What a SCAN or self-labeling stage trains on, from files.
 
-    Frozen mode (`features` given): the FeatureStore's (N, D) features as float32, its labels, and the
-    (V, N, D) features of the augmented-view stores. Network mode (`data` and `model`): the dataset's
+    Frozen mode (`features` given: a FeatureStore folder, or an (N, D) array): the (N, D) features as
+    float32, the store's labels, and the (V, N, D) features of the augmented-view stores. Network mode (`data` and `model`): the dataset's
     images in memory and the backbone (`weights` file, or a saved `backbone_state`).
     """
     from ...store import FeatureStore
 
     if (features is None) == (data is None):
         raise NolabelError("give either --features (heads on frozen features) or --data and --model (whole network)")
+    if isinstance(features, np.ndarray):  # features in hand (e.g. `nolabel.clustering.assign`)
+        return {"mode": "features", "features": np.asarray(features, dtype=np.float32), "augmented": None,
+                "labels": None}
     if features is not None:
         store = FeatureStore.open(features)
         x = np.asarray(store.features, dtype=np.float32)
@@ -68,14 +64,14 @@ def load_stage_inputs(features: str | Path | None, augmented: list[str | Path] |
             "image_size": size, "labels": dataset.labels if (dataset.labels >= 0).any() else None}
 
 
-def predict_scan(scan_dir: str | Path, *, features: str | Path | None = None, data: str | None = None,
+def predict_scan(scan_dir: str | Path, *, features: str | Path | np.ndarray | None = None, data: str | None = None,
                  image_size: int | None = None, selflabel_dir: str | Path | None = None, batch_size: int = 512,
                  device: str = "auto") -> np.ndarray:
     """Cluster probabilities (N, K) of new images under a finished SCAN stage's kept head, or under
     its self-labeled version (`selflabel_dir`, a `run_selflabel` output made from `scan_dir`).
 
-    Frozen-features SCAN takes `features`, a FeatureStore of the same backbone (SCAN's PCA, if any,
-    is applied); whole-network SCAN takes `data`, a dataset spec run through the backbone it trained.
+    Frozen-features SCAN takes `features`, a FeatureStore folder or an (N, D) array of the same
+    backbone (SCAN's PCA, if any, is applied); whole-network SCAN takes `data`, a dataset spec run through the backbone it trained.
     """
     from ...io import read_json
 
@@ -168,6 +164,7 @@ def write_augmented_views(data: str, model: str, out_dir: str | Path, *, kind: s
 
 PCA_FILE = "pca.npz"
 NEIGHBORS_RECORD = "neighbors.record.json"
+TRAINING_RECORD = "training.record.json"
 
 
 def project_inputs(inputs: dict[str, Any], pca: Any) -> dict[str, Any]:
@@ -238,22 +235,29 @@ def stage_source(features: str | Path | None, augmented: list[str | Path] | tupl
 
 def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augmented: list[str | Path] | tuple = (),
              data: str | None = None, model: str | None = None, weights: str | Path | None = None,
-             image_size: int | None = None, pca_components: int | None = None,
-             config: ScanConfig | None = None, force: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """The SCAN stage from files: mine neighbours, train, and write into `out_dir`: neighbors.npy,
-    scan.pt, probabilities.npy (N, K), predictions.npy (N,), scan.json (chosen head, per-head
-    losses, neighbour purity and metrics when labels exist) and, last, record.json.
+             image_size: int | None = None, pca_components: int | None = None, config: ScanConfig | None = None,
+             eval_features: Sequence[str | Path] = (), eval_data: Sequence[str] = (),
+             evaluate: EvaluateConfig = EvaluateConfig(), force: bool = False,
+             show_progress: bool = True) -> dict[str, Any]:
+    """The SCAN stage from files: mine neighbours, train, and write the SCAN clustering into
+    `out_dir` (`nolabel.clustering`: assignments.csv, metrics.json, clustering.json, record.json),
+    beside what training leaves: neighbors.npy, scan.pt, probabilities.npy (N, K), predictions.npy
+    (N,) and scan.json (chosen head, per-head losses, neighbour purity).
 
-    A result finished in `out_dir` from the same inputs and settings is returned as it is; an
-    unfinished one resumes; one made from others is replaced only with `force`. Neighbours have
-    their own record (neighbors.record.json): they are reused, even by a replaced stage, only when
-    mined from the same features (and PCA) with the same count.
+    The clustering's sources are the train images and every eval set - `eval_features` (feature
+    folders of the same backbone, frozen mode) or `eval_data` (dataset specs, whole-network mode) -
+    assigned by the kept head and scored where they have labels. Returns metrics.json's content.
+
+    A clustering finished in `out_dir` from the same inputs is returned as it is; an unfinished one
+    resumes; one made from others is replaced only with `force`. Training and neighbours keep
+    records of their own (training.record.json, neighbors.record.json): another eval set reuses the
+    trained heads, and neighbours mined from the same features (and PCA) with the same count are
+    reused even when the heads are trained again.
 
     pca_components: frozen mode only; project the features (and augmented views) to this many PCA
     dimensions before mining neighbours and training the heads (the PCA is saved as pca.npz and
-    self-labeling applies it too). Returns scan.json's content."""
-    from ...io import read_json, save_npy, write_json
-    from ..neighbors import load_neighbors, mine_neighbors, neighbor_purity, save_neighbors
+    self-labeling applies it too)."""
+    from ...io import read_json
 
     out = Path(out_dir)
     config = config or ScanConfig()
@@ -264,11 +268,32 @@ def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augment
                            f"features (--features) only; got {pca_components} with "
                            f"{'--data (whole network)' if data is not None else '--features'}")
     source = stage_source(features, augmented, data, model, weights, image_size)
-    stage_inputs = {**source, "pca": pca_components,
-                    "config": record.without(asdict(config), "device")}
-    status = record.begin(out, "scan", stage_inputs, force=force, what="a SCAN result")
-    if status is record.DONE:
-        return read_json(out / "scan.json")
+    evals = eval_sources(eval_features, eval_data, network=data is not None)
+    training = {**source, "pca": pca_components, "config": record.without(asdict(config), "device")}
+    stage_inputs = {"training": training, "evals": [e["inputs"] for e in evals], "evaluate": asdict(evaluate)}
+    if record.begin(out, "scan", stage_inputs, force=force, what="a SCAN clustering") is record.DONE:
+        return read_json(out / "metrics.json")
+    if not record.is_done(out, training, name=TRAINING_RECORD):
+        _train_scan_stage(out, training, features, augmented, data, model, weights, image_size, pca_components,
+                          config, show_progress)
+    summary = read_json(out / "scan.json")
+    scored = write_head_clustering(
+        out, "SCAN", _train_source(features, data), np.load(out / "probabilities.npy", mmap_mode="r"), evals,
+        {"kind": "head", "scan": ".", "selflabel": None, "mode": source["mode"], "image_size": image_size},
+        evaluate, config.device, settings=stage_inputs,
+        fitted={"best_head": summary["best_head"], "neighbor_purity": summary["neighbor_purity"]})
+    record.finish(out, "scan", stage_inputs)
+    return scored
+
+
+def _train_scan_stage(out: Path, training: dict[str, Any], features, augmented, data, model, weights, image_size,
+                      pca_components: int | None, config: ScanConfig, show_progress: bool) -> None:
+    """Mine (or reuse) the neighbours and train the heads; write scan.pt, probabilities.npy,
+    predictions.npy, scan.json and finish training.record.json."""
+    from ...io import save_npy, write_json
+    from ..neighbors import load_neighbors, mine_neighbors, neighbor_purity, save_neighbors
+
+    status = record.begin(out, "scan-training", training, force=True, name=TRAINING_RECORD)
     if status is record.START:  # a training state here belongs to other inputs
         (out / "scan_state.pt").unlink(missing_ok=True)
     inputs = load_stage_inputs(features, augmented, data, model, weights, image_size)
@@ -281,7 +306,8 @@ def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augment
 
         base = extract_features(inputs["backbone"], inputs["images"], inputs["image_size"], bf16=config.bf16)
     # Neighbours keep a record of their own: reused only when mined in the same space, as many.
-    nb_inputs = {"space": {k: v for k, v in source.items() if k != "views"}, "pca": pca_components,
+    space = {k: v for k, v in training.items() if k not in ("views", "config", "pca")}
+    nb_inputs = {"space": space, "pca": pca_components,
                  "bf16": config.bf16 if inputs["mode"] == "network" else None, "n_neighbors": config.n_neighbors}
     nb_path = out / "neighbors.npy"
     if record.is_done(out, nb_inputs, name=NEIGHBORS_RECORD):
@@ -304,7 +330,6 @@ def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augment
         "pca_components": pca_components,
         "neighbor_purity": neighbor_purity(neighbors, labels) if labels is not None else None,
         "best_head": result.best_head, "head_losses": result.head_losses,
-        "metrics": _labelled_metrics(result.predictions, labels),
         "seconds": {"neighbors": mined, "train": result.seconds},
         "config": _json(config),
     }
@@ -312,5 +337,73 @@ def run_scan(out_dir: str | Path, *, features: str | Path | None = None, augment
         save_npy(out / "probabilities.npy", result.probabilities.astype(np.float32))
         save_npy(out / "predictions.npy", result.predictions.astype(np.int64))
         write_json(out / "scan.json", summary)
-    record.finish(out, "scan", stage_inputs)
-    return summary
+    record.finish(out, "scan-training", training, name=TRAINING_RECORD)
+
+
+def eval_sources(eval_features: Sequence[str | Path], eval_data: Sequence[str], network: bool) -> list[dict[str, Any]]:
+    """The eval sets a SCAN or self-labeling clustering assigns: each one's name, how to read it, and
+    its fingerprint for the stage's record. Frozen mode takes feature folders, whole-network mode
+    dataset specs."""
+    from ...data import load
+    from ...io import slug
+    from ...store import FeatureStore
+
+    if (eval_features and network) or (eval_data and not network):
+        raise NolabelError("eval features go with frozen features (--eval-features with --features), eval data "
+                           "with the whole network (--eval-data with --data)")
+    evals, names = [], ["train"]
+    for path in eval_features:
+        store = FeatureStore.open(path)
+        evals.append({"features": store.path, "store": store, "inputs": {"features": store.fingerprint}})
+        names.append(store.path.name or "eval")
+    for spec in eval_data:
+        dataset = load(spec)
+        evals.append({"data": spec, "dataset": dataset,
+                      "inputs": {"data": spec, "data_fingerprint": dataset.fingerprint()}})
+        names.append(slug(spec))
+    for entry, name in zip(evals, unique_names(names)[1:]):
+        entry["name"] = name
+    return evals
+
+
+def write_head_clustering(out: Path, method: str, train: Source, probabilities: np.ndarray,
+                          evals: list[dict[str, Any]], assigner: dict[str, Any], evaluate: EvaluateConfig,
+                          device: str, settings: dict[str, Any], fitted: dict[str, Any]) -> dict[str, Any]:
+    """The clustering of a trained head (SCAN or self-labeling): the train images from the
+    training's own probabilities, each eval set assigned through `nolabel.clustering.assign`; the
+    clustering artifact written into `out`. Returns metrics.json's content."""
+    from ...clustering import write_clustering
+    from ...io import save_npy
+
+    n_clusters = int(probabilities.shape[1])
+    sources, clusters, confidence = [train], [np.asarray(probabilities).argmax(1)], [np.asarray(probabilities).max(1)]
+    for entry in evals:
+        scan_dir = out / assigner["scan"]
+        selflabel = out / assigner["selflabel"] if assigner.get("selflabel") else None
+        p = predict_scan(scan_dir, features=entry.get("features"), data=entry.get("data"),
+                         image_size=assigner.get("image_size"), selflabel_dir=selflabel, device=device)
+        if distributed.is_main():
+            save_npy(out / f"probabilities_{entry['name']}.npy", p.astype(np.float32))
+        source = (Source.of_store(entry["name"], entry["store"]) if "store" in entry else
+                  Source(entry["name"], entry["data"], entry["dataset"].item_names, entry["dataset"].labels,
+                         entry["dataset"].classes))
+        if len(p) != len(source.items):
+            raise NolabelError(f"{source.dataset}: {len(p)} images predicted for {len(source.items)} rows")
+        sources.append(source)
+        clusters.append(p.argmax(1))
+        confidence.append(p.max(1))
+    return write_clustering(out, method=method, sources=sources, clusters=clusters, confidence=confidence,
+                            n_clusters=n_clusters, assigner=assigner, evaluate=evaluate, settings=settings,
+                            fitted=fitted)
+
+
+def _train_source(features: str | Path | None, data: str | None) -> Source:
+    """The train images of a SCAN or self-labeling stage as a clustering source."""
+    from ...data import load
+    from ...store import FeatureStore
+
+    if features is not None:
+        return Source.of_store("train", FeatureStore.open(features))
+    dataset = load(data)
+    return Source("train", data, dataset.item_names, dataset.labels, dataset.classes)
+

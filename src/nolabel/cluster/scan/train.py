@@ -17,10 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ... import distributed, record
-from ...config import ScanConfig
+from ...config import SCAN_FEATURES_LR, ScanConfig
 from ...errors import NolabelError
-from ...training import (TrainingState, cosine_lr, progress, seeded_generator, set_lr, training_inputs,
-                         wrap_distributed)
+from ...training import TrainingState, cosine_lr, progress, seeded, set_lr, training_inputs, wrap_distributed
 from .heads import ClusterHeads, ListHead
 from .loss import scan_loss, scan_loss_of_probabilities, select_head
 
@@ -207,7 +206,7 @@ def _train(model: nn.Module, heads: ClusterHeads, inputs, neighbors: np.ndarray,
     stored = neighbors
     # Candidates: the anchor itself plus its stored neighbours.
     candidates = np.concatenate([np.arange(n)[:, None], stored], axis=1)
-    generator = seeded_generator(config.random_state)
+    generator = torch.Generator().manual_seed(config.random_state)  # the global RNG: seeded by the caller
     # Before the optimizer exists, so a resumed optimizer state lands on the parameters' device.
     device = distributed.resolve_device(config.device)
     model.to(device)
@@ -306,15 +305,16 @@ def train_scan_features(features: np.ndarray, neighbors: np.ndarray, config: Sca
     optional (V, N, D) features of V augmented views of every image. Resumes from
     `out_dir/scan_state.pt` when present.
     """
-    config = config or ScanConfig(lr=1e-3, epochs=100)
+    config = config or ScanConfig(lr=SCAN_FEATURES_LR, epochs=100)
     inputs = FeatureInputs(features, augmented)
-    torch.manual_seed(config.random_state)  # head initialisation
-    heads = ClusterHeads(inputs.dim, config.n_clusters, config.n_heads, config.hidden_dim)
+    with seeded(config.random_state, config.device):  # head initialisation; the caller's RNG state is kept
+        heads = ClusterHeads(inputs.dim, config.n_clusters, config.n_heads, config.hidden_dim)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    return _train(heads, heads, inputs, np.asarray(neighbors), config, out, {}, list(heads.parameters()),
-                  show_progress, {"mode": "features"})
+    with seeded(config.random_state, config.device):  # training: what draws from torch's RNG, from the seed again
+        return _train(heads, heads, inputs, np.asarray(neighbors), config, out, {}, list(heads.parameters()),
+                      show_progress, {"mode": "features"})
 
 
 class _BackboneWithHeads(nn.Module):
@@ -341,12 +341,13 @@ def train_scan_network(images: np.ndarray, backbone: nn.Module, neighbors: np.nd
     config = config or ScanConfig()
     size = image_size or backbone.input_size
     inputs = ImageInputs(images, network_input(backbone, size), augment or StrongAugment())
-    torch.manual_seed(config.random_state)  # head initialisation
-    heads = ClusterHeads(backbone.feature_dim, config.n_clusters, config.n_heads, config.hidden_dim)
+    with seeded(config.random_state, config.device):  # head initialisation; the caller's RNG state is kept
+        heads = ClusterHeads(backbone.feature_dim, config.n_clusters, config.n_heads, config.hidden_dim)
     model = _BackboneWithHeads(backbone, heads)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    return _train(model, heads, inputs, np.asarray(neighbors), config, out, {"backbone": backbone},
-                  list(model.parameters()), show_progress,
-                  {"mode": "network", "model": getattr(backbone, "architecture", getattr(backbone, "name", None))})
+    with seeded(config.random_state, config.device):  # training (e.g. the backbone's dropout) from the seed again
+        return _train(model, heads, inputs, np.asarray(neighbors), config, out, {"backbone": backbone},
+                      list(model.parameters()), show_progress,
+                      {"mode": "network", "model": getattr(backbone, "architecture", getattr(backbone, "name", None))})

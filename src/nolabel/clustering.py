@@ -1,0 +1,374 @@
+"""The clustering artifact: one kind of folder for every clusterer, one reader, one `assign`.
+
+Whichever method made it - PCA + k-means, SCAN, self-labeling, DeepCluster's k-means, ... - a
+clustering is a folder holding:
+
+    clustering.json    the method, the number of clusters, its sources (the sets it assigned: their
+                       dataset, feature store and its fingerprint), its settings, and how to assign
+                       new features (`assign` below)
+    assignments.csv    row, source, item, cluster, confidence, distance, label - one line per image of
+                       every source; `item` names the image (its path in the dataset, or split/index);
+                       `confidence` in [0, 1] (a head's probability of the cluster, or k-means'
+                       margin 1 - d1/d2 between the nearest and second-nearest centroid); `distance`
+                       to the centroid where there is one (else empty); `label` -1 where unknown
+    metrics.json       per source: n, cluster sizes and, where labels exist, the label metrics under
+                       both mappings (fitted on the source itself, and on the train source); labels
+                       only score, they never change a clustering
+    record.json        what produced it (`nolabel.record`), written last
+    ...                what `assign` needs: centroids.npy (+ pca.npz), or a SCAN head (scan.pt,
+                       selflabel.pt, pca.npz)
+
+    clustering = load_clustering("runs/default/cluster")
+    clustering.assignments["train"].cluster          # (N,) cluster ids of the train images
+    clusters, confidence = assign(clustering, features)   # new features (M, D) -> (M,), (M,)
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import metrics, record
+from .config import EvaluateConfig
+from .errors import NolabelError
+from .io import atomic_path, read_json, write_json
+from .store import FeatureStore
+
+CLUSTERING_JSON = "clustering.json"
+ASSIGNMENTS = "assignments.csv"
+METRICS_JSON = "metrics.json"
+COLUMNS = ("row", "source", "item", "cluster", "confidence", "distance", "label")
+
+
+@dataclass
+class Source:
+    """A set of images a clustering assigned: `name` ("train" or an eval set's name), its dataset
+    spec, the item names and labels (-1 unknown) of its rows, its class names, and the feature store
+    the rows come from (None in whole-network mode, where the clustering reads images)."""
+
+    name: str
+    dataset: str
+    items: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    store: FeatureStore | None = None
+
+    @classmethod
+    def of_store(cls, name: str, store: FeatureStore) -> "Source":
+        return cls(name, str(store.manifest.get("dataset") or store.path), store.items, store.labels,
+                   store.classes, store)
+
+
+@dataclass
+class SourceAssignments:
+    """One source's rows of assignments.csv, in row order: (N,) arrays."""
+
+    cluster: np.ndarray
+    confidence: np.ndarray
+    distance: np.ndarray  # NaN where the clustering has no centroids
+    label: np.ndarray
+    items: list[str] = field(default_factory=list)
+
+    @property
+    def has_labels(self) -> bool:
+        return bool((self.label >= 0).any())
+
+    def typical_order(self) -> np.ndarray:
+        """Row indices from most to least typical of their cluster: nearest to the centroid when there
+        are centroids, else most confident."""
+        key = self.distance if np.isfinite(self.distance).all() else -self.confidence
+        return np.lexsort((np.arange(len(key)), key))
+
+
+@dataclass
+class Clustering:
+    """A clustering folder, read back: `info` (clustering.json), `metrics` (metrics.json) and the
+    assignments of every source."""
+
+    path: Path
+    info: dict[str, Any]
+    metrics: dict[str, Any]
+    assignments: dict[str, SourceAssignments]
+
+    @property
+    def method(self) -> str:
+        return str(self.info["method"])
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.info["n_clusters"])
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.assignments)
+
+    @property
+    def fingerprint(self) -> str | None:
+        return record.finished_fingerprint(self.path)
+
+    def store(self, source: str) -> FeatureStore | None:
+        """The feature store of `source` (recorded relative to the clustering, so a moved run folder
+        still finds it); None in whole-network mode or when it is gone."""
+        recorded = self.info["sources"][source].get("store")
+        if recorded is None:
+            return None
+        try:
+            return FeatureStore.open(self.path / recorded)
+        except NolabelError:
+            return None
+
+    def dataset(self, source: str) -> str:
+        return str(self.info["sources"][source]["dataset"])
+
+    def classes(self, source: str) -> list[str]:
+        return list(self.info["sources"][source].get("classes", []))
+
+
+def write_clustering(folder: str | os.PathLike, *, method: str, sources: Sequence[Source],
+                     clusters: Sequence[np.ndarray], confidence: Sequence[np.ndarray], n_clusters: int,
+                     assigner: dict[str, Any], evaluate: EvaluateConfig = EvaluateConfig(),
+                     distance: Sequence[np.ndarray] | None = None, settings: dict[str, Any] | None = None,
+                     fitted: dict[str, Any] | None = None, timings: dict[str, float] | None = None
+                     ) -> dict[str, Any]:
+    """Write the artifact files (not the record: the stage that computed it finishes that) and
+    return metrics.json's content.
+
+    sources[0] is the train source; clusters / confidence / distance hold one (N_i,) array per source.
+    assigner: how `assign` reproduces the clustering on new features - {"kind": "centroids",
+    "spherical": bool} (centroids.npy, pca.npz if present) or {"kind": "head", "scan": path,
+    "selflabel": path or None, "mode": "features" | "network", "image_size": ...}; paths relative to
+    `folder`. fitted: facts of the fit shown beside the metrics (e.g. k-means inertia).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    distance = distance if distance is not None else [np.full(len(c), np.nan) for c in clusters]
+    for source, c, p, d in zip(sources, clusters, confidence, distance):
+        if not len(c) == len(p) == len(d) == len(source.items) == len(source.labels):
+            raise NolabelError(f"{source.name}: {len(c)} clusters, {len(p)} confidences, {len(d)} distances for "
+                               f"{len(source.items)} images")
+    with atomic_path(folder / ASSIGNMENTS) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(COLUMNS)
+            for source, c, p, d in zip(sources, clusters, confidence, distance):
+                w.writerows(zip(range(len(c)), [source.name] * len(c), source.items, np.asarray(c).tolist(),
+                                np.round(np.asarray(p, np.float64), 6).tolist(),
+                                ["" if not np.isfinite(v) else round(float(v), 6) for v in d],
+                                np.asarray(source.labels).tolist()))
+    scored = score_sources(sources, clusters, n_clusters, evaluate)
+    if fitted:
+        scored["_clustering"] = {"n_clusters": n_clusters, **fitted}
+    write_json(folder / METRICS_JSON, scored)
+    write_json(folder / CLUSTERING_JSON, {
+        "method": method,
+        "n_clusters": int(n_clusters),
+        "sources": {s.name: {"dataset": s.dataset, "n": len(s.items), "classes": list(s.classes),
+                             "store": _relative(s.store.path, folder) if s.store is not None else None,
+                             "features": s.store.fingerprint if s.store is not None else None}
+                    for s in sources},
+        "assign": assigner,
+        "evaluate": {"mapping": evaluate.mapping, "average_method": evaluate.average_method},
+        "settings": settings or {},
+        "timings_seconds": {k: round(v, 3) for k, v in (timings or {}).items()},
+        "versions": versions(),
+    })
+    return scored
+
+
+def load_clustering(folder: str | os.PathLike) -> Clustering:
+    """Read a finished clustering folder (any method)."""
+    folder = Path(folder)
+    if not (folder / CLUSTERING_JSON).is_file():
+        raise NolabelError(f"{folder}: not a clustering folder (no {CLUSTERING_JSON})")
+    rec = record.read(folder)
+    if rec is None or not rec.get("finished"):
+        raise NolabelError(f"{folder}: the clustering has not finished; run its stage again to complete it")
+    info = read_json(folder / CLUSTERING_JSON)
+    return Clustering(folder, info, read_json(folder / METRICS_JSON), read_assignments(folder / ASSIGNMENTS))
+
+
+def read_assignments(path: Path) -> dict[str, SourceAssignments]:
+    """assignments.csv split by source, rows in order."""
+    columns: dict[str, list[list]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            c = columns.setdefault(row["source"], [[], [], [], [], [], []])
+            c[0].append(int(row["row"]))
+            c[1].append(int(row["cluster"]))
+            c[2].append(float(row["confidence"]))
+            c[3].append(float(row["distance"]) if row["distance"] else np.nan)
+            c[4].append(int(row["label"]))
+            c[5].append(row["item"])
+    result = {}
+    for source, (rows, cluster, confidence, distance, label, items) in columns.items():
+        order = np.argsort(np.asarray(rows), kind="stable")
+        result[source] = SourceAssignments(np.asarray(cluster, np.int64)[order], np.asarray(confidence)[order],
+                                           np.asarray(distance)[order], np.asarray(label, np.int64)[order],
+                                           [items[i] for i in order])
+    return result
+
+
+def assign(clustering: Clustering | str | os.PathLike, features: np.ndarray | FeatureStore | None = None, *,
+           data: str | None = None, batch_size: int = 65536, device: str = "auto"
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """New images' clusters under `clustering`: (clusters int64 (M,), confidence float (M,)).
+
+    features: (M, D) features of the clustering's backbone (an array or a FeatureStore) - for
+    clusterings of frozen features (k-means, SCAN and self-labeling heads); data: a dataset spec, for
+    a whole-network SCAN or self-labeling clustering, whose images go through the network it trained.
+    """
+    clustering = clustering if isinstance(clustering, Clustering) else load_clustering(clustering)
+    how = clustering.info["assign"]
+    if isinstance(features, FeatureStore):
+        features = features.features
+    if how["kind"] == "centroids":
+        from .cluster.pca import PCA
+
+        if features is None:
+            raise NolabelError(f"{clustering.path}: a k-means clustering assigns features; pass features")
+        pca_file = clustering.path / "pca.npz"
+        projector = PCA.load(pca_file) if pca_file.is_file() else None
+        centroids = np.load(clustering.path / "centroids.npy")
+        found = [nearest_centroids(centroids, projector.transform(x) if projector is not None else x,
+                                   how.get("spherical", False))
+                 for x in (features[start:start + batch_size] for start in range(0, len(features), batch_size))]
+        return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+    if how["kind"] == "head":
+        from .cluster.scan import predict_scan
+
+        scan_dir = clustering.path / how["scan"]
+        selflabel = clustering.path / how["selflabel"] if how.get("selflabel") else None
+        probabilities = predict_scan(scan_dir, features=features, data=data, image_size=how.get("image_size"),
+                                     selflabel_dir=selflabel, device=device)
+        return probabilities.argmax(1).astype(np.int64), probabilities.max(1).astype(np.float64)
+    raise NolabelError(f"{clustering.path}: unknown way to assign new images ({how['kind']!r})")
+
+
+def nearest_centroids(centroids: np.ndarray, x: np.ndarray, spherical: bool = False, batch_size: int = 65536
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(clusters int64, confidence, distance), each (M,), of rows x (M, D) already in the centroids'
+    space (after the clustering's PCA): the nearest centroid (faiss), confidence = 1 - d1 / d2 - the
+    margin between the nearest and the second-nearest centroid (Euclidean distances, 0 on a boundary,
+    1 on the centroid) - and distance = d1. Spherical clusterings compare L2-normalised rows."""
+    from .cluster._faiss import import_faiss
+
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    if x.shape[1] != centroids.shape[1]:
+        raise NolabelError(f"the centroids have {centroids.shape[1]} dimensions, the features {x.shape[1]} "
+                           "(after the clustering's PCA)")
+    index = import_faiss().IndexFlatL2(centroids.shape[1])  # sets faiss's thread count too
+    index.add(centroids)
+    k = min(2, len(centroids))
+    clusters, confidence, distance = [], [], []
+    for start in range(0, len(x), batch_size):
+        rows = np.asarray(x[start:start + batch_size], dtype=np.float32)
+        if spherical:
+            rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        squared, found = index.search(np.ascontiguousarray(rows), k)
+        d = np.sqrt(np.maximum(squared.astype(np.float64), 0.0))
+        clusters.append(found[:, 0].astype(np.int64))
+        distance.append(d[:, 0])
+        confidence.append(1.0 - d[:, 0] / np.maximum(d[:, 1], 1e-12) if k == 2 else np.ones(len(rows)))
+    return np.concatenate(clusters), np.clip(np.concatenate(confidence), 0.0, 1.0), np.concatenate(distance)
+
+
+def score_sources(sources: Sequence[Source], clusters: Sequence[np.ndarray], n_clusters: int,
+                  evaluate: EvaluateConfig) -> dict[str, Any]:
+    """metrics.json: per source n, labelled count and cluster sizes; where labels exist the metrics
+    with the cluster -> class mapping fitted on the source itself ("fit_on_eval", SCAN's protocol)
+    and, for sources other than train, fitted on the train source ("fit_on_train", the fully
+    unsupervised protocol of Zheltonozhskii et al.). ObjectNet sources are scored through
+    ObjectNet's correspondence to ImageNet classes."""
+    train, train_pred = sources[0], np.asarray(clusters[0])
+    train_known = train.labels >= 0
+    fit = (train.labels[train_known], train_pred[train_known]) if train_known.any() else None
+    kwargs = dict(method=evaluate.mapping, average_method=evaluate.average_method)
+    results: dict[str, Any] = {}
+    for i, (source, pred) in enumerate(zip(sources, clusters)):
+        pred, labels = np.asarray(pred), np.asarray(source.labels)
+        known = labels >= 0
+        entry: dict[str, Any] = {"n": int(len(pred)), "n_labelled": int(known.sum()),
+                                 "cluster_sizes": np.bincount(pred, minlength=n_clusters).tolist()}
+        if known.any():
+            if source.dataset.startswith("objectnet"):
+                entry["objectnet"] = _score_objectnet(source, pred, fit, evaluate)
+            else:
+                entry["fit_on_eval"] = metrics.evaluate(labels[known], pred[known], **kwargs)
+                if i > 0 and fit is not None:
+                    entry["fit_on_train"] = metrics.evaluate(labels[known], pred[known], fit=fit, **kwargs)
+        results[source.name] = entry
+    return results
+
+
+def _score_objectnet(source: Source, pred: np.ndarray, fit, evaluate: EvaluateConfig) -> dict[str, Any]:
+    """A sample counts as correct when the ImageNet class its cluster maps to (fitted on train) is one
+    of the ImageNet classes of its ObjectNet class; classes without an ImageNet counterpart are not
+    scored."""
+    from .data import load
+
+    if fit is None:
+        raise NolabelError(f"{source.dataset}: scoring ObjectNet needs a labelled ImageNet train source")
+    correspondence = load(source.dataset).imagenet_class_indices  # objectnet label -> ImageNet classes
+    mapping = metrics.map_clusters(metrics.contingency(*fit), evaluate.mapping)
+    labels = np.asarray(source.labels)
+    scored = np.array([bool(correspondence.get(int(y))) for y in labels])
+    if not scored.any():
+        raise NolabelError(f"{source.dataset}: no ObjectNet class here has an ImageNet counterpart")
+    predicted, seen = mapping.lookup(pred)  # ImageNet class per sample; unseen clusters count wrong
+    correct = np.array([s and int(p) in correspondence.get(int(y), ()) for p, s, y in zip(predicted, seen, labels)])
+    return {
+        "accuracy_overlapping_classes": float(correct[scored].mean()),
+        "n_scored": int(scored.sum()),
+        "n_classes_scored": int(len({int(y) for y in labels[scored]})),
+        "protocol": f"mapping fitted on train ({evaluate.mapping}), carried to ObjectNet classes",
+    }
+
+
+def versions() -> dict[str, str]:
+    import platform
+
+    import scipy
+    import sklearn
+    import torch
+
+    from . import __version__
+    from .cluster._faiss import import_faiss
+
+    return {"nolabel": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "faiss": import_faiss().__version__,
+            "torch": torch.__version__}
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """`path` relative to `folder` (so a moved run folder still finds it), absolute if on another tree."""
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(folder).resolve())
+    except ValueError:  # another drive
+        return str(Path(path).resolve())
+
+
+def format_metrics(results: dict[str, Any]) -> str:
+    """A table of metrics.json: one line per (source, protocol), then the fit's own facts."""
+    header = f"{'source':<20} {'protocol':<13} {'n':>8} {'ACC':>7} {'NMI':>7} {'ARI':>7} {'AMI':>7}"
+    lines = [header, "-" * len(header)]
+    for name, entry in results.items():
+        if name.startswith("_"):
+            continue
+        for protocol in ("fit_on_eval", "fit_on_train"):
+            m = entry.get(protocol)
+            if m:
+                lines.append(f"{name:<20} {protocol:<13} {entry['n_labelled']:>8} {m['acc']:7.4f} "
+                             f"{m['nmi']:7.4f} {m['ari']:7.4f} {m['ami']:7.4f}")
+        if "objectnet" in entry:
+            o = entry["objectnet"]
+            lines.append(f"{name:<20} {'objectnet':<13} {o['n_scored']:>8} {o['accuracy_overlapping_classes']:7.4f}")
+        if not any(p in entry for p in ("fit_on_eval", "fit_on_train", "objectnet")):
+            lines.append(f"{name:<20} {'(no labels)':<13} {entry['n']:>8}")
+    fitted = results.get("_clustering", {})
+    if fitted:
+        lines.append("  ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in fitted.items()))
+    return "\n".join(lines)
