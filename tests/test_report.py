@@ -12,9 +12,9 @@ from PIL import Image
 from report_helpers import chromium, cluster_run, console_errors, digits_run, open_page  # noqa: F401
 
 from nolabel.cli import main as cli_main
+from nolabel.clustering import SourceAssignments, read_assignments
 from nolabel.errors import NolabelError
 from nolabel.report import write_report
-from nolabel.clustering import SourceAssignments, read_assignments
 from nolabel.report.montage import pick_members
 from nolabel.report.page import script_json
 from nolabel.store import write_store
@@ -122,6 +122,57 @@ def test_digits_report_in_chromium(digits, open_page, tmp_path):
     shot = tmp_path / "digits-report.png"
     driver.save_screenshot(str(shot))
     assert 10_000 < shot.stat().st_size < 2_000_000
+
+
+SCAN_RUN = ["name=scan-digits", "data.train=digits", "model.name=pixels", "extract.image_size=8",
+            "pca.n_components=16", "baseline.enabled=false", "report=false", "scan.epochs=4", "scan.n_heads=2",
+            "scan.batch_size=256", "scan.lr=0.01", "scan.weak_views=1", "scan.strong_views=1", "scan.n_neighbors=10",
+            "selflabel.epochs=2", "selflabel.batch_size=256", "selflabel.threshold=0.9", "selflabel.lr=0.001"]
+
+
+def test_scan_run_report_shows_self_labeling_first_and_switches_clusterings(tmp_path, open_page):
+    """The run's primary clustering - its last stage, self-labeling - is what the headline and the
+    browser show; the selector switches the browser, and the figures, to any other clustering."""
+    from nolabel.clustering import load_clustering
+    from nolabel.config import load_config
+    from nolabel.pipeline import run
+
+    summary = run(load_config(None, SCAN_RUN), tmp_path / "r", progress=False, log=lambda line: None)
+    selflabel = load_clustering(tmp_path / "r" / "selflabel")
+    driver = open_page(write_report(tmp_path / "r", progress=False), height=1400)
+    assert console_errors(driver) == []
+    # the headline is self-labeling's
+    stats = dict(driver.execute_script(
+        "return Array.from(document.querySelectorAll('.stat')).map(s => [s.querySelector('.k').textContent,"
+        " s.querySelector('.v').textContent])"))
+    assert stats["ACC"] == f"{selflabel.metrics['train']['fit_on_eval']['acc']:.3f}"
+    selector = driver.find_element("css selector", "#clustering-select")
+    options = driver.execute_script("return Array.from(arguments[0].options).map(o => [o.text, o.selected])",
+                                    selector)
+    assert options == [[row["method"], row["folder"] == summary["primary"]] for row in summary["rows"]]
+    assert options[-1] == ["pixels + SCAN + self-labeling", True]
+
+    def shown():
+        return driver.execute_script(
+            "return [document.getElementById('cluster-note').textContent,"
+            " Array.from(document.querySelectorAll('#cluster-list .cluster')).map(c => c.querySelector('.size')"
+            ".textContent), Array.from(document.querySelectorAll('figure[data-clustering]'))"
+            ".filter(f => !f.hidden).map(f => f.dataset.clustering)]")
+
+    note, sizes, figures = shown()
+    assert note.startswith("pixels + SCAN + self-labeling") and "most confident" in note
+    assert sorted(int(t.split()[0]) for t in sizes) == sorted(np.bincount(selflabel.assignments["train"].cluster,
+                                                                           minlength=10).tolist())
+    assert figures and set(figures) == {"2"}
+    # switch to the k-means clustering: its clusters, its note, its figures
+    driver.execute_script("arguments[0].value = '0'; arguments[0].dispatchEvent(new Event('change'))", selector)
+    kmeans = load_clustering(tmp_path / "r" / "cluster")
+    note, sizes, figures = shown()
+    assert note.startswith("pixels + PCA + k-means") and "closest to its centre" in note
+    assert sorted(int(t.split()[0]) for t in sizes) == sorted(np.bincount(kmeans.assignments["train"].cluster,
+                                                                           minlength=10).tolist())
+    assert set(figures) == {"0"}
+    assert console_errors(driver) == []
 
 
 def test_unlabelled_folder_with_html_names(tmp_path, open_page):

@@ -11,7 +11,7 @@ from nolabel.cli import main
 from nolabel.config import RunConfig, dump_config, load_config
 from nolabel.errors import NolabelError
 from nolabel.io import read_json
-from nolabel.run import format_summary, run
+from nolabel.pipeline import format_summary, run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

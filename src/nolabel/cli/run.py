@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import dump_config, load_config
-    from ..run import default_data, format_summary, run as run_config
+    from ..pipeline import default_data, format_summary, run as run_config
 
     overrides = list(args.overrides)
     if args.config is None and not any(o.startswith("data.train=") for o in overrides):

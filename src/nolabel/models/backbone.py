@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 import torch.nn as nn
 
+from ..errors import NolabelError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _INTERPOLATIONS = ("bilinear", "bicubic")
@@ -171,6 +173,25 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+    @classmethod
+    def from_timm(cls, timm_name: str, **kwargs) -> "Backbone":
+        """Any timm model, classifier removed (`num_classes=0`), never downloading weights."""
+        from .._compat import import_timm
+
+        timm = import_timm()
+        try:
+            body = timm.create_model(timm_name, pretrained=False, num_classes=0, **kwargs)
+        except RuntimeError as e:  # timm's "Unknown model"
+            raise NolabelError(f"timm has no model {timm_name!r} ({e})") from None
+        cfg = body.pretrained_cfg
+        classifiers = cfg.get("classifier") or ()
+        head_keys = tuple(f"{c}." for c in ([classifiers] if isinstance(classifiers, str) else classifiers))
+        preprocessing = Preprocessing(
+            int(cfg.get("input_size", (3, 224, 224))[-1]), tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+            tuple(cfg.get("std", (0.229, 0.224, 0.225))), float(cfg.get("crop_pct", 0.875)),
+            "bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear")
+        return cls(f"timm:{timm_name}", body, body.num_features, preprocessing, head_keys=head_keys)
 
     def eval_transform(self, image_size: int | None = None) -> EvalTransform:
         return EvalTransform(self.preprocessing, image_size)

@@ -78,9 +78,7 @@ def create(name: str, weights: str | Path | None = None, *, allow_pickle: bool =
     """
     record = PUBLISHED_BY_NAME.get(name)
     if name.startswith(TIMM_PREFIX):
-        from .architectures import build_timm
-
-        architecture, backbone = name, build_timm(name[len(TIMM_PREFIX):])
+        architecture, backbone = name, Backbone.from_timm(name[len(TIMM_PREFIX):])
     else:
         architecture = record.architecture if record else name
         entry = _REGISTRY.get(architecture)
