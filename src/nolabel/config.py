@@ -326,6 +326,47 @@ class SelfLabelStageConfig(SelfLabelConfig):
         return SelfLabelConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SelfLabelConfig)})
 
 
+# the label-free scores a choice can be made by (`nolabel.select` defines each)
+SELECT_CRITERIA = ("silhouette", "knn_consistency", "generalization", "davies_bouldin", "stability", "consensus",
+                   "mean_rank")
+
+
+@dataclass
+class SelectConfig:
+    """Choosing without labels: every candidate clustering - each feature space x each number of
+    clusters x each method - is built, scored without labels in all the candidate spaces
+    (`nolabel.select`), and the best by `criterion` becomes the run's clustering."""
+
+    # candidate feature spaces: model names (`nolabel models`), optionally NAME@SIZE for the image
+    # size (default: extract.image_size; raw pixels: baseline.image_size)
+    spaces: list[str] = field(
+        default_factory=lambda: ["pixels", "efficientnet_lite0", "efficientnet_lite0_multilevel"])
+    # the number of clusters: one, a list of candidates, or "auto" (the candidates of k_range)
+    n_clusters: list[int] | str = field(default_factory=lambda: [10])
+    k_range: list[int] = field(default_factory=lambda: [5, 10, 15, 20, 30])
+    methods: list[str] = field(default_factory=lambda: ["kmeans"])  # kmeans, scan, selflabel
+    criterion: str = "silhouette"
+    score_dims: int = 64  # each space is scored as PCA to this many dimensions, L2-normalised
+    sample_size: int = 5000  # rows of the quadratic scores (silhouette)
+    random_state: int = 0
+
+    def validate(self) -> None:
+        if not self.spaces:
+            raise NolabelError("select.spaces: name at least one feature space")
+        if isinstance(self.n_clusters, str) and self.n_clusters != "auto":
+            raise NolabelError(f"select.n_clusters: a number, a list of numbers or auto, got {self.n_clusters!r}")
+        for k in ([] if isinstance(self.n_clusters, str) else self.n_clusters) + self.k_range:
+            _at_least("select.n_clusters", k, 2)
+        for method in self.methods:
+            _choice("select.methods", method, ("kmeans", "scan", "selflabel"))
+        _choice("select.criterion", self.criterion, SELECT_CRITERIA)
+        _at_least("select.score_dims", self.score_dims, 2)
+        _at_least("select.sample_size", self.sample_size, 100)
+
+    def candidate_ks(self) -> list[int]:
+        return sorted(set(self.k_range if self.n_clusters == "auto" else self.n_clusters))
+
+
 @dataclass
 class RunConfig:
     name: str = "default"
@@ -342,6 +383,8 @@ class RunConfig:
     # optional: SCAN on the train features, then self-labeling (needs scan)
     scan: ScanStageConfig | None = None
     selflabel: SelfLabelStageConfig | None = None
+    # optional: candidates over feature spaces, numbers of clusters and methods, chosen without labels
+    select: SelectConfig | None = None
     report: bool = True
 
     def validate(self) -> "RunConfig":
@@ -355,6 +398,15 @@ class RunConfig:
             raise NolabelError("pretrain and deepcluster both train the backbone: keep one of them")
         if self.selflabel is not None and self.scan is None:
             raise NolabelError("selflabel starts from SCAN's result: add a scan section")
+        if self.select is not None:
+            methods = set(self.select.methods)
+            if "selflabel" in methods and "scan" not in methods:
+                raise NolabelError("select.methods: selflabel starts from SCAN's result: add scan")
+            if methods & {"scan", "selflabel"} and (self.scan is None or self.scan.mode != "features"):
+                raise NolabelError("select.methods scan/selflabel train heads on each space's frozen features: "
+                                   "add a scan section in features mode (its settings apply to every space)")
+            if (self.pretrain or self.deepcluster) is not None:
+                raise NolabelError("select compares given feature spaces; train a backbone in its own run first")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -427,8 +479,13 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, key)
+        options = [a for a in args if a is not type(None)]
+        for inner in options[:-1]:  # the first type the value fits, in the order the hint names them
+            try:
+                return _coerce(inner, value, key)
+            except NolabelError:
+                continue
+        return _coerce(options[-1], value, key)
     if origin is list:
         items = value if isinstance(value, list) else [value]
         return [_coerce(args[0], v, key) for v in items]

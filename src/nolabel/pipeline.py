@@ -67,9 +67,10 @@ class _Job:
     def __init__(self, cfg: RunConfig, out: Path, progress: bool, log: Callable[[str], None]):
         self.cfg, self.out, self.progress, self.log = cfg, out, progress, log
         self.weights, self.trained_by = cfg.model.weights, ""
-        self.stores: dict[str, list[store.FeatureStore]] = {"features": [], "baseline": []}
+        self.stores: dict[str, list[store.FeatureStore]] = {}  # per feature space: one store per dataset
         self.rows: list[dict[str, Any]] = []
-        self.primary: str | None = None  # the folder of the last clustering stage but the baseline
+        self.primary: str | None = None  # the run's clustering: its last stage's, or the one chosen
+        self.selected: dict[str, Any] | None = None  # how it was chosen (select)
         self.timings: dict[str, float] = {}
 
     def walk(self, stage: Stage) -> None:
@@ -94,6 +95,7 @@ def run(cfg: RunConfig, out: str | os.PathLike | None = None, *, force: bool = F
     for stage in _stages(job):
         job.walk(stage)
     summary = {"name": cfg.name, "folder": str(out), "rows": job.rows, "primary": job.primary,
+               **({"selected": job.selected} if job.selected else {}),
                "timings_seconds": {k: round(v, 2) for k, v in job.timings.items()}}
     write_json(out / "summary.json", summary)
     if cfg.report:
@@ -101,6 +103,18 @@ def run(cfg: RunConfig, out: str | os.PathLike | None = None, *, force: bool = F
 
         summary["report"] = str(write_report(out))
     return summary
+
+
+@dataclass
+class _Space:
+    """A feature space: `name` as the run names it (a model, or MODEL@SIZE), the backbone and image size
+    that make it, and the folder of its feature stores (one per dataset)."""
+
+    name: str
+    model: str
+    image_size: int | None
+    weights: str | None
+    features: Path
 
 
 def _stages(job: _Job) -> Iterator[Stage]:
@@ -114,24 +128,77 @@ def _stages(job: _Job) -> Iterator[Stage]:
     if cfg.pretrain is not None:
         yield Stage("pretrain", out / "pretrain", f"SimCLR {cfg.model.name} on {cfg.data.train}, "
                     f"{cfg.pretrain.epochs} epochs", lambda: _pretrain(job, out / "pretrain"))
-    for spec in specs:
-        folder = out / "features" / slug(spec)
-        yield Stage(f"features {spec}", folder, f"through {cfg.model.name}",
-                    partial(_extract, job, "features", spec, folder, cfg.model.name, job.weights,
-                            cfg.extract.image_size))
-    yield Stage("cluster", out / "cluster", f"PCA {cfg.pca.n_components if cfg.pca.enabled else 'off'} + "
-                f"k-means k={cfg.kmeans.n_clusters}", lambda: job.rows.append(_cluster(
-                    job, job.stores["features"], out / "cluster")))
-    if cfg.scan is not None:
-        yield from _scan_stages(job)
+    if cfg.select is None:
+        space = _Space(cfg.model.name, cfg.model.name, cfg.extract.image_size, job.weights, out / "features")
+        yield from _feature_stages(job, space, specs, "features")
+        methods = ["kmeans"] + ["scan"] * (cfg.scan is not None) + ["selflabel"] * (cfg.selflabel is not None)
+        yield from _method_stages(job, space, cfg.kmeans.n_clusters, out, methods, out, "")
+    else:
+        spaces = [_parse_space(name, cfg, out) for name in cfg.select.spaces]
+        for space in spaces:
+            yield from _feature_stages(job, space, specs, f"features {space.name}")
+        for space in spaces:
+            root = out / "candidates" / slug(space.name)
+            for k in cfg.select.candidate_ks():
+                yield from _method_stages(job, space, k, root / f"k{k}", cfg.select.methods, root,
+                                          f" {space.name} K={k}")
+        yield Stage("select", out / "select", f"{len(job.rows)} candidates scored without labels by "
+                    f"{cfg.select.criterion}", lambda: _select(job, spaces))
     if cfg.baseline.enabled:
-        for spec in specs:
-            folder = out / "baseline" / "features" / slug(spec)
-            yield Stage(f"baseline features {spec}", folder, "raw pixels",
-                        partial(_extract, job, "baseline", spec, folder, "pixels", None, cfg.baseline.image_size))
+        pixels = _Space("raw pixels", "pixels", cfg.baseline.image_size, None, out / "baseline" / "features")
+        yield from _feature_stages(job, pixels, specs, "baseline features")
         yield Stage("baseline cluster", out / "baseline" / "cluster", f"PCA + k-means k={cfg.kmeans.n_clusters}",
-                    lambda: job.rows.append(_cluster(job, job.stores["baseline"], out / "baseline" / "cluster",
-                                                     backbone="raw pixels")))
+                    lambda: job.rows.append(_cluster(job, job.stores[pixels.name], out / "baseline" / "cluster",
+                                                     pixels.name, cfg.kmeans.n_clusters, primary=False)))
+
+
+def _parse_space(name: str, cfg: RunConfig, out: Path) -> _Space:
+    """MODEL or MODEL@SIZE; the size defaults to extract.image_size (raw pixels: baseline.image_size)."""
+    model, at, size = name.partition("@")
+    if at and not size.isdigit():
+        raise NolabelError(f"select.spaces: {name!r} is not MODEL or MODEL@SIZE (SIZE in pixels)")
+    image_size = int(size) if at else (cfg.baseline.image_size if model == "pixels" else cfg.extract.image_size)
+    return _Space(name, model, image_size, None, out / "features" / slug(name))
+
+
+def _feature_stages(job: _Job, space: _Space, specs: list[str], label: str) -> Iterator[Stage]:
+    job.stores[space.name] = []
+    for spec in specs:
+        folder = space.features / slug(spec)
+        yield Stage(f"{label} {spec}", folder, f"through {space.model}",
+                    partial(_extract, job, space.name, spec, folder, space.model, space.weights, space.image_size))
+
+
+def _method_stages(job: _Job, space: _Space, k: int, root: Path, methods: list[str], views_root: Path,
+                   label: str) -> Iterator[Stage]:
+    """The clustering stages of one space and one number of clusters: k-means, then SCAN and
+    self-labeling (heads on the space's features) when asked; each adds a results row."""
+    cfg = job.cfg
+    backbone = space.name + job.trained_by
+    if "kmeans" in methods:
+        yield Stage(f"cluster{label}", root / "cluster", f"PCA {cfg.pca.n_components if cfg.pca.enabled else 'off'}"
+                    f" + k-means k={k}", lambda: job.rows.append(_cluster(
+                        job, job.stores[space.name], root / "cluster", backbone, k)))
+    if "scan" in methods:
+        yield from _scan_stages(job, space, k, root, views_root, "selflabel" in methods, label)
+
+
+def _select(job: _Job, spaces: list[_Space]) -> None:
+    """Score every candidate clustering without labels in every space, choose by the criterion; the
+    chosen one becomes the run's primary clustering."""
+    from .select import select_clustering
+
+    cfg = job.cfg
+    candidates = [row for row in job.rows if row.get("candidate")]
+    result = select_clustering(
+        job.out / "select", {row["method"]: Path(row["folder"]) for row in candidates},
+        {space.name: job.stores[space.name][0] for space in spaces}, cfg.select, force=True)
+    for row in candidates:
+        row["label_free"] = result["scores"][row["method"]]
+    chosen = next(row for row in candidates if row["method"] == result["chosen"])
+    job.primary = chosen["folder"]
+    job.selected = {"method": chosen["method"], "n_clusters": chosen["n_clusters"],
+                    "criterion": cfg.select.criterion, "score": result["scores"][chosen["method"]][cfg.select.criterion]}
 
 
 def _records(folder: Path) -> dict[str, str]:
@@ -202,15 +269,16 @@ def _pretrain(job: _Job, folder: Path) -> None:
     job.weights, job.trained_by = str(result.checkpoint), " (SimCLR)"
 
 
-def _scan_stages(job: _Job) -> Iterator[Stage]:
-    """SCAN (+ self-labeling) trained on the train set, after the augmented views they sample in
-    features mode; one results row each, scoring the train set and every eval set."""
+def _scan_stages(job: _Job, space: _Space, k: int, root: Path, views_root: Path, selflabel: bool,
+                 label: str) -> Iterator[Stage]:
+    """SCAN (+ self-labeling) trained on the space's train set, after the augmented views they sample
+    in features mode (written once per space); one results row each, scoring the train set and every
+    eval set."""
     from .cluster.scan import run_scan, write_augmented_views
     from .cluster.selflabel import run_selflabel
 
-    cfg, out = job.cfg, job.out
+    cfg = job.cfg
     scan, network = cfg.scan, cfg.scan.mode == "network"
-    image_size = cfg.extract.image_size
     views: dict[str, list[Path]] = {"weak": [], "strong": []}
     # the strong views are written once, as many as the stage that samples most of them needs
     wanted = {"weak": scan.weak_views,
@@ -218,44 +286,49 @@ def _scan_stages(job: _Job) -> Iterator[Stage]:
 
     def write_views(kind: str) -> None:
         views[kind] = write_augmented_views(
-            cfg.data.train, cfg.model.name, out / f"views_{kind}", kind=kind, n_views=wanted[kind],
-            weights=job.weights, image_size=image_size, bf16=cfg.extract.precision == "bf16", seed=scan.random_state,
-            show_progress=job.progress)
+            cfg.data.train, space.model, views_root / f"views_{kind}", kind=kind, n_views=wanted[kind],
+            weights=space.weights, image_size=space.image_size, bf16=cfg.extract.precision == "bf16",
+            seed=scan.random_state, show_progress=job.progress)
 
     for kind in ("weak", "strong"):
         if not network and wanted[kind]:
-            yield Stage(f"views {kind}", out / f"views_{kind}", f"{wanted[kind]} {kind} view(s) of every image",
-                        partial(write_views, kind))
+            yield Stage(f"views {kind}{label}", views_root / f"views_{kind}",
+                        f"{wanted[kind]} {kind} view(s) of every image", partial(write_views, kind))
 
     def inputs(**more: Any) -> dict[str, Any]:
-        evals = job.stores["features"][1:]
+        stores = job.stores[space.name]
         if network:
-            return {"data": cfg.data.train, "model": cfg.model.name, "image_size": image_size,
+            return {"data": cfg.data.train, "model": space.model, "image_size": space.image_size,
                     "eval_data": cfg.data.eval, **more}
-        return {"features": str(job.stores["features"][0].path), "eval_features": [s.path for s in evals]}
+        return {"features": str(stores[0].path), "eval_features": [s.path for s in stores[1:]]}
+
+    backbone = space.name + job.trained_by
 
     def train_scan() -> None:
-        run_scan(out / "scan", **inputs(weights=job.weights),
+        run_scan(root / "scan", **inputs(weights=space.weights),
                  augmented=views["weak"][:scan.weak_views] + views["strong"][:scan.strong_views],
-                 pca_components=scan.pca, config=scan.library_config(), evaluate=cfg.evaluate,
-                 force=True, show_progress=job.progress)
-        job.rows.append(_row(job, out / "scan"))
+                 pca_components=scan.pca, config=replace(scan.library_config(), n_clusters=k),
+                 evaluate=cfg.evaluate, force=True, show_progress=job.progress)
+        job.rows.append(_row(job, root / "scan", backbone))
 
-    yield Stage("scan", out / "scan", f"{scan.n_heads} heads, K = {scan.n_clusters}, {scan.mode} mode", train_scan)
-    if cfg.selflabel is not None:
+    yield Stage(f"scan{label}", root / "scan", f"{scan.n_heads} heads, K = {k}, {scan.mode} mode", train_scan)
+    if selflabel:
         def train_selflabel() -> None:
-            run_selflabel(out / "scan", out / "selflabel", **inputs(),
+            run_selflabel(root / "scan", root / "selflabel", **inputs(),
                           augmented=views["strong"][:cfg.selflabel.strong_views],
                           config=cfg.selflabel.library_config(), evaluate=cfg.evaluate, force=True,
                           show_progress=job.progress)
-            job.rows.append(_row(job, out / "selflabel"))
+            job.rows.append(_row(job, root / "selflabel", backbone))
 
-        yield Stage("selflabel", out / "selflabel", f"confidence > {cfg.selflabel.threshold}", train_selflabel)
+        yield Stage(f"selflabel{label}", root / "selflabel", f"confidence > {cfg.selflabel.threshold}",
+                    train_selflabel)
 
 
-def _row(job: _Job, folder: Path, backbone: str | None = None) -> dict[str, Any]:
+def _row(job: _Job, folder: Path, backbone: str, primary: bool = True) -> dict[str, Any]:
     """The results row of a clustering stage (any method): each source's metrics under the mapping
-    fitted on that source (and, for eval sets, the one fitted on train)."""
+    fitted on that source (and, for eval sets, the one fitted on train). `primary`: the run's own
+    clustering, as opposed to the raw-pixel reference; the last one is the run's primary clustering
+    (under select: a candidate, until the choice is made)."""
     from .clustering import load_clustering
 
     clustering = load_clustering(folder)
@@ -267,10 +340,12 @@ def _row(job: _Job, folder: Path, backbone: str | None = None) -> dict[str, Any]
                         "metrics": {m: scored[m] for m in SUMMARY_METRICS} if scored else None,
                         "metrics_fit_on_train": entry.get("fit_on_train")})
     evaluate = job.cfg.evaluate
-    if backbone is None:  # the run's own backbone, not the raw-pixel reference
+    if primary:
         job.primary = str(folder)
-    return {"method": f"{backbone or job.cfg.model.name + job.trained_by} + {clustering.method}",
-            "folder": str(folder), "sources": sources,
+    family = f"{backbone} + {clustering.method}"  # the method, whatever its number of clusters
+    candidate = primary and job.cfg.select is not None
+    return {"method": f"{family}, K = {clustering.n_clusters}" if candidate else family, "family": family,
+            "folder": str(folder), "sources": sources, "n_clusters": clustering.n_clusters, "candidate": candidate,
             "protocol": f"{evaluate.mapping} mapping fitted on each evaluated set; NMI/AMI {evaluate.average_method}"}
 
 
@@ -286,12 +361,13 @@ def _extract(job: _Job, family: str, spec: str, folder: Path, model: str, weight
                                       force=True, progress=job.progress))
 
 
-def _cluster(job: _Job, stores: list[store.FeatureStore], folder: Path, backbone: str | None = None
-             ) -> dict[str, Any]:
+def _cluster(job: _Job, stores: list[store.FeatureStore], folder: Path, backbone: str, n_clusters: int,
+             primary: bool = True) -> dict[str, Any]:
     cfg = job.cfg
-    pca_kmeans.cluster_stores(stores[0], stores[1:], folder, pca=_fit_pca_to(cfg.pca, stores[0]), kmeans=cfg.kmeans,
-                              evaluate=cfg.evaluate, force=True, progress=job.progress)
-    return _row(job, folder, backbone)
+    pca_kmeans.cluster_stores(stores[0], stores[1:], folder, pca=_fit_pca_to(cfg.pca, stores[0]),
+                              kmeans=replace(cfg.kmeans, n_clusters=n_clusters), evaluate=cfg.evaluate, force=True,
+                              progress=job.progress)
+    return _row(job, folder, backbone, primary)
 
 
 def _fit_pca_to(pca: PCAConfig, train: store.FeatureStore) -> PCAConfig:

@@ -28,7 +28,7 @@ from ..errors import NolabelError
 from ..io import read_json, write_text
 from .collect import ClusterResult, RunFolder, SourceAssignments, read_run
 from .montage import Sprite, image_reader, pick_members, render_sprite, tile_size
-from .page import GENERATOR, Figure, MetricsTable, Page, data_uri, render
+from .page import GENERATOR, Figure, MetricsTable, Page, Selection, data_uri, render
 
 __all__ = ["write_report"]
 
@@ -95,7 +95,10 @@ def write_report(
         headline=_headline(main, source),
         run_cards=_run_cards(run),
         metrics=_metrics_table(run),
-        metrics_missing="No labels: the clusters cannot be scored against classes. Browse them below.",
+        metrics_missing="No labels: the clusters cannot be scored against classes. Browse them below."
+        + (" The clustering shown was chosen without labels (above)." if run.summary and "selected" in run.summary
+           else ""),
+        selection=_selection(run),
         heatmaps=[figure for index, result in enumerate(run.results) for figure in _heatmaps(result, index)],
         sizes=[_sizes_figure(result, source if source in result.assignments else "train", index)
                for index, result in enumerate(run.results)],
@@ -265,6 +268,46 @@ def _details(run: RunFolder) -> list[tuple[str, str]]:
     if versions:
         details.append(("versions", "\n".join(f"{k} {v}" for k, v in versions.items())))
     return details
+
+
+# ---- the label-free choice ----------------------------------------------------------------------
+
+def _selection(run: RunFolder) -> Selection | None:
+    """Every candidate with its label-free scores (means over the candidate feature spaces) and, kept
+    apart, its label metrics where labels exist; the chosen one marked, and why."""
+    selected = (run.summary or {}).get("selected")
+    if not selected:
+        return None
+    from .plots import scores_against_k
+
+    candidates = [row for row in run.summary["rows"] if row.get("label_free")]
+    criterion = selected["criterion"]
+    scores = [criterion] + [name for name in candidates[0]["label_free"] if name != criterion]
+    labelled = any(row["sources"][0].get("metrics") for row in candidates)
+    header = ["candidate", "K"] + [name.replace("_", " ") for name in scores] + (
+        ["ACC (labels, not used)", "AMI (labels, not used)"] if labelled else [])
+    rows = []
+    for row in candidates:
+        metrics = row["sources"][0].get("metrics") or {}
+        rows.append([row["method"], row["n_clusters"]] + [row["label_free"].get(name) for name in scores]
+                    + ([metrics.get("acc"), metrics.get("ami")] if labelled else []))
+    chosen = next(i for i, row in enumerate(candidates) if row["method"] == selected["method"])
+    note = (f"{len(candidates)} candidate clusterings (feature space x number of clusters x method) were each "
+            f"scored without labels in every candidate feature space, and the scores averaged over the spaces "
+            f"(a clustering scored only in its own space always looks best). Chosen by {criterion.replace('_', ' ')}: "
+            f"{selected['method']} ({selected['score']:.3f}).")
+    if labelled:
+        note += " The label columns are shown for reference only: labels never influence the choice."
+    points: dict[str, list[tuple[int, float]]] = {}
+    for row in candidates:  # one line per space x method
+        points.setdefault(row["family"], []).append((row["n_clusters"], row["label_free"][criterion]))
+    figures = []
+    if any(len(v) > 1 for v in points.values()):
+        chosen_row = candidates[chosen]
+        figures.append(Figure(scores_against_k(points, criterion, (chosen_row["family"], chosen_row["n_clusters"])),
+                              f"{criterion.replace('_', ' ')} against the number of clusters; circled: the choice",
+                              "label-free score against the number of clusters", wide=True))
+    return Selection(header, rows, chosen, note, figures)
 
 
 # ---- metrics --------------------------------------------------------------------------------------

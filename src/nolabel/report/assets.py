@@ -13,6 +13,8 @@ CSS = """
 }
 * { box-sizing: border-box; }
 [hidden] { display: none !important; }
+table.selection tr.chosen td { font-weight: 700; background: #eef6ff; }
+table.selection tr.chosen td:first-child::before { content: "\\2713  "; color: #1d4ed8; }
 html { -webkit-text-size-adjust: 100%; }
 body { margin: 0; background: var(--bg); color: var(--ink);
   font: 14px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }

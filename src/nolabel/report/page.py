@@ -37,6 +37,18 @@ class MetricsTable:
 
 
 @dataclass
+class Selection:
+    """The label-free choice among candidate clusterings: a table (cells as in MetricsTable; the
+    chosen row marked), a note saying how and why, and plots of the criterion against K."""
+
+    header: list[str]
+    rows: list[list[Any]]
+    chosen: int
+    note: str
+    figures: list[Figure] = field(default_factory=list)
+
+
+@dataclass
 class Page:
     title: str
     subtitle: str
@@ -49,6 +61,7 @@ class Page:
     # the JSON block the script renders: {"clusterings": [{"name", "note", "labelled", "classes",
     # "clusters", ...}], "primary": index shown first, "page_size": clusters per page}
     clusters: dict[str, Any]
+    selection: Selection | None = None
     warnings: list[str] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
     details: list[tuple[str, str]] = field(default_factory=list)
@@ -66,10 +79,10 @@ def script_json(obj: Any) -> str:
 
 
 def render(page: Page) -> str:
-    sections = [
-        ("run", "What was run", _run_cards(page.run_cards)),
-        ("metrics", "Metrics", _metrics(page.metrics, page.metrics_missing)),
-    ]
+    sections = [("run", "What was run", _run_cards(page.run_cards))]
+    if page.selection is not None:
+        sections.append(("choice", "Choosing without labels", _selection(page.selection)))
+    sections.append(("metrics", "Metrics", _metrics(page.metrics, page.metrics_missing)))
     if page.heatmaps:
         sections.append(("confusion", "Clusters × classes", _figures(page.heatmaps)
                          + '<p class="note">Rows are clusters ordered by the class each maps to; a row is '
@@ -146,6 +159,19 @@ def _metrics(table: MetricsTable | None, missing: str) -> str:
         body.append(f"<tr>{''.join(cells)}</tr>")
     return (f'<div class="table-wrap"><table class="metrics"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div><p class="note">{escape(table.note)}</p>')
+
+
+def _selection(selection: Selection) -> str:
+    head = "".join(f'<th class="{"num" if i >= 2 else ""}">{escape(h)}</th>' for i, h in enumerate(selection.header))
+    body = []
+    for i, row in enumerate(selection.rows):
+        cells = "".join(f'<td class="num">{cell:.3f}</td>' if isinstance(cell, float) else
+                        '<td class="num">–</td>' if cell is None else
+                        f'<td class="{"num" if j >= 2 else ""}">{escape(str(cell))}</td>' for j, cell in enumerate(row))
+        body.append(f'<tr class="{"chosen" if i == selection.chosen else ""}">{cells}</tr>')
+    return (f'<p class="note">{escape(selection.note)}</p><div class="table-wrap"><table class="metrics selection">'
+            f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+            + (_figures(selection.figures) if selection.figures else ""))
 
 
 def _best_per_source(rows: list[list[Any]]) -> dict[tuple[str, int], float]:

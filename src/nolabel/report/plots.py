@@ -156,3 +156,23 @@ def _series(history: Any) -> dict[str, list[float]]:
     return {str(k): [float(v) for v in values] for k, values in history.items()
             if isinstance(values, list) and values
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)}
+
+
+def scores_against_k(points: dict[str, list[tuple[int, float]]], score: str, chosen: tuple[str, int] | None) -> bytes:
+    """A label-free score against the number of clusters, one line per feature space x method;
+    the chosen candidate circled."""
+    fig = _figure(6.4, 3.2)
+    ax = fig.subplots()
+    for name, values in sorted(points.items()):
+        ks, ys = zip(*sorted(values))
+        ax.plot(ks, ys, marker="o", markersize=4, linewidth=1.4, label=name)
+        if chosen is not None and chosen[0] == name:
+            y = dict(values)[chosen[1]]
+            ax.plot([chosen[1]], [y], marker="o", markersize=12, markerfacecolor="none", markeredgecolor=INK,
+                    linewidth=0)
+    ax.set_xlabel("number of clusters", color=MUTED, fontsize=8)
+    ax.set_ylabel(score.replace("_", " "), color=MUTED, fontsize=8)
+    ax.grid(color=GRID, linewidth=0.6)
+    ax.legend(fontsize=7, frameon=False)
+    _style(ax)
+    return _png(fig)
