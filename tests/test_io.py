@@ -47,3 +47,15 @@ def test_read_rows_streams_a_memmap_without_keeping_it_resident(tmp_path):
     release_pages(y)
     assert _rss_file_mb() - before < 16
     release_pages(np.zeros(3))  # a plain array: nothing to do
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "out.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == 0o644  # not mkstemp's 0600
