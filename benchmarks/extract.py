@@ -1,18 +1,30 @@
-"""Throughput of `nolabel extract` on a folder of JPEGs vs the pure forward pass of the same model.
+"""Feature extraction on every backend x precision: whole extraction vs the forward pass alone, and
+each one's features against torch fp32's.
 
-Both measured in one run, same model, batch size, precision and thread settings: the pure forward
-pass runs the model on random tensors already in memory (the ceiling); extraction decodes JPEGs
-(ImageNet-like 500x375 photos), resizes, crops, normalises, runs the model and writes features to
-disk. The ratio shows how well decoding is overlapped with compute.
+Two cases, each run on torch fp32, torch bf16, ONNX Runtime fp32, OpenVINO fp32 and OpenVINO bf16
+(those installed), same batch size and threads:
 
-    .venv/bin/python benchmarks/extract.py            # resnet18 at 224 and 112, 1024 images
-    .venv/bin/python benchmarks/extract.py --quick    # 128 images, a smoke run
+- EfficientNet-Lite0 (ImageNet weights) at 96 px on the first `--fm-images` Fashion-MNIST test
+  images: an array dataset, resized + normalised a batch at a time in the extracting process.
+- ResNet-50 (random weights: the published ones need a download) at 224 px on a folder of
+  photo-like 500x375 JPEGs, decoded in DataLoader workers.
+
+"forward" runs the backend on a random batch already in memory (the ceiling); "extract" is
+`nolabel.extract` into a new folder (warm export cache): its steady rate from the manifest (the
+batches: input, forward, writing) and its wall-clock rate (everything, incl. loading the exported
+model). The two are measured in alternation, `--repeats` times each, and reported as max / median.
+Error: worst relative L2 distance of a row to torch fp32's, and the lowest cosine similarity.
+
+    .venv/bin/python benchmarks/extract.py            # both cases, writes results/extract.json and BENCHMARKS.md
+    .venv/bin/python benchmarks/extract.py --quick    # small, prints only
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -22,11 +34,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nolabel.data import load
+from nolabel.data.dataset import ArrayImageDataset
 from nolabel.features import ExtractOptions, default_workers, extract
 from nolabel.io import write_json
-from nolabel.models import create
+from nolabel.models import backends, create
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from markdown_section import replace_section  # noqa: E402 - a sibling script
 
 ROOT = Path(__file__).resolve().parents[1]
+COMBOS = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
 
 
 def make_jpegs(folder: Path, n: int, seed: int = 0) -> Path:
@@ -46,74 +64,138 @@ def make_jpegs(folder: Path, n: int, seed: int = 0) -> Path:
     return folder
 
 
-def pure_forward(backbone, size: int, batch_size: int, n: int, precision: str) -> float:
-    """Images/s of the model alone on random inputs, as the extractor runs it (channels_last)."""
-    model = backbone.eval().to(memory_format=torch.channels_last)
-    x = torch.randn(batch_size, 3, size, size).contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-    with torch.inference_mode(), autocast:
-        model(x)  # warm-up: oneDNN picks its kernels on the first call
-        batches = max(1, n // batch_size)
-        start = time.perf_counter()
-        for _ in range(batches):
-            model(x).float()
-        return batches * batch_size / (time.perf_counter() - start)
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0]) if Path("/proc/loadavg").exists() else float("nan")
 
 
-def nolabel_extract(backbone, folder: Path, size: int, batch_size: int, precision: str, workers: int) -> float:
+def forward_rate(forward, size: int, batch_size: int, batches: int) -> float:
+    """Images/s of the backend alone on a random normalised batch (one warm-up batch first)."""
+    x = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    forward(x)
+    start = time.perf_counter()
+    for _ in range(batches):
+        forward(x)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def extract_once(dataset, backbone, size: int, batch_size: int, backend: str, precision: str, workers: int):
     out = Path(tempfile.mkdtemp(prefix="nolabel-bench-"))
     try:
-        options = ExtractOptions(batch_size=batch_size, image_size=size, precision=precision, workers=workers)
+        options = ExtractOptions(batch_size=batch_size, image_size=size, precision=precision, backend=backend,
+                                 dtype="float32", workers=workers)
         start = time.perf_counter()
-        store = extract(f"images:{folder}", backbone, out / "f", options=options, progress=False)
-        seconds = time.perf_counter() - start
-        return store.n / seconds
+        store = extract(dataset, backbone, out / "f", options=options, progress=False, log=lambda m: None)
+        wall = store.n / (time.perf_counter() - start)
+        return store.manifest["images_per_second"], wall, np.array(store.features)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def errors(features: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    a, b = features.astype(np.float64), reference.astype(np.float64)
+    nb = np.maximum(np.linalg.norm(b, axis=1), 1e-12)
+    rel = np.linalg.norm(a - b, axis=1) / nb
+    cos = (a * b).sum(1) / (np.maximum(np.linalg.norm(a, axis=1), 1e-12) * nb)
+    return float(rel.max()), float(cos.min())
+
+
+def run_case(case: dict, repeats: int, forward_batches: int) -> list[dict]:
+    torch.manual_seed(0)
+    backbone = create(case["model"], pretrained=case["pretrained"])
+    rows, reference = [], None
+    for backend, precision in COMBOS:
+        reason = backends.unsupported(backend, precision)
+        if reason:
+            print(f"  {backend} {precision}: skipped ({reason})", file=sys.stderr)
+            continue
+        forward = backends.load(backbone, case["size"], backend=backend, precision=precision)  # exports (untimed)
+        load_before = loadavg()
+        fwd, steady, wall = [], [], []
+        features = None
+        for _ in range(repeats):
+            fwd.append(forward_rate(forward, case["size"], case["batch_size"], forward_batches))
+            s, w, features = extract_once(case["dataset"], backbone, case["size"], case["batch_size"], backend,
+                                          precision, case["workers"])
+            steady.append(s)
+            wall.append(w)
+        if (backend, precision) == ("torch", "fp32"):
+            reference = features
+        rel, cos = errors(features, reference) if reference is not None else (float("nan"), float("nan"))
+        row = {"model": case["model"], "image_size": case["size"], "batch_size": case["batch_size"],
+               "data": case["data"], "images": len(case["dataset"]), "backend": backend, "precision": precision,
+               "forward_img_s_max": round(max(fwd), 1), "forward_img_s_median": round(statistics.median(fwd), 1),
+               "extract_img_s_max": round(max(steady), 1), "extract_img_s_median": round(statistics.median(steady), 1),
+               "extract_wall_img_s_median": round(statistics.median(wall), 1),
+               "ratio_median": round(statistics.median(steady) / statistics.median(fwd), 3),
+               "max_relative_error_vs_torch_fp32": float(f"{rel:.2g}"), "min_cosine_vs_torch_fp32": round(cos, 7),
+               "loadavg": [load_before, loadavg()], "repeats": repeats,
+               "backend_version": forward.info().get("backend_version")}
+        rows.append(row)
+        print(f"  {backend:<11} {precision}: forward {row['forward_img_s_median']:7.1f}  extract "
+              f"{row['extract_img_s_median']:7.1f} (wall {row['extract_wall_img_s_median']:.1f})  ratio "
+              f"{row['ratio_median']:.2f}  err {rel:.1e}  cos {cos:.6f}  load {load_before:.2f}", file=sys.stderr)
+    torch_fwd = next((r["forward_img_s_median"] for r in rows
+                      if (r["backend"], r["precision"]) == ("torch", "fp32")), None)
+    for r in rows:
+        r["forward_speedup_vs_torch_fp32"] = round(r["forward_img_s_median"] / torch_fwd, 2) if torch_fwd else None
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | size | backend | precision | forward img/s (max / med) | extract img/s (max / med) | "
+             "extract / forward | wall img/s | max rel. error | min cosine | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['image_size']} | {r['backend']} | {r['precision']} | "
+                     f"{r['forward_img_s_max']:.0f} / {r['forward_img_s_median']:.0f} | "
+                     f"{r['extract_img_s_max']:.0f} / {r['extract_img_s_median']:.0f} | {r['ratio_median']:.2f} | "
+                     f"{r['extract_wall_img_s_median']:.0f} | {r['max_relative_error_vs_torch_fp32']:.1e} | "
+                     f"{r['min_cosine_vs_torch_fp32']:.6f} | {r['loadavg'][0]:.1f}–{r['loadavg'][1]:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--sizes", default="224,112")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--quick", action="store_true", help="few images, one repeat; prints only")
+    parser.add_argument("--fm-images", type=int, default=4096)
+    parser.add_argument("--jpegs", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cases", default="efficientnet_lite0,resnet50")
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--images", type=Path, default=Path(tempfile.gettempdir()) / "nolabel-bench-jpegs")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.fm_images, args.jpegs, args.repeats = 512, 64, 1
 
-    n = 128 if args.quick else 1024
-    folder = make_jpegs(args.images, n)
-    if len(list(folder.glob("*.jpg"))) != n:  # a larger cached folder: use exactly n images
-        folder = make_jpegs(args.images.with_name(f"{args.images.name}-{n}"), n)
-    torch.manual_seed(0)
-    backbone = create(args.model, pretrained=False)
+    cases = []
+    if "efficientnet_lite0" in args.cases:
+        fm = load("fashion-mnist:test")
+        n = args.fm_images
+        dataset = ArrayImageDataset(f"fashion-mnist:test[:{n}]", fm.images[:n], fm.labels[:n], fm.classes,
+                                    fm.item_names[:n])
+        cases.append({"model": "efficientnet_lite0", "pretrained": True, "size": 96, "batch_size": 128,
+                      "dataset": dataset, "data": f"Fashion-MNIST test, first {n} (array dataset)",
+                      "workers": args.workers})
+    if "resnet50" in args.cases:
+        folder = make_jpegs(args.images.with_name(f"{args.images.name}-{args.jpegs}"), args.jpegs)
+        cases.append({"model": "resnet50", "pretrained": False, "size": 224, "batch_size": 64,
+                      "dataset": load(f"images:{folder}"), "data": f"{args.jpegs} JPEGs 500x375 (files)",
+                      "workers": args.workers})
     rows = []
-    for size in (int(s) for s in args.sizes.split(",")):
-        forward = pure_forward(backbone, size, args.batch_size, n, args.precision)
-        extracted = nolabel_extract(backbone, folder, size, args.batch_size, args.precision, args.workers)
-        rows.append({"model": args.model, "image_size": size, "batch_size": args.batch_size,
-                     "precision": args.precision, "workers": args.workers, "images": n,
-                     "pure_forward_img_s": round(forward, 1), "extract_img_s": round(extracted, 1),
-                     "ratio": round(extracted / forward, 3)})
-        print(f"{args.model} @ {size}: forward {forward:.1f} img/s, extract {extracted:.1f} img/s "
-              f"({extracted / forward:.2f} of forward)", file=sys.stderr)
-
-    header = f"{'model':<10} {'size':>4} {'batch':>5} {'prec':>4} {'workers':>7} {'forward img/s':>13} {'extract img/s':>13} {'ratio':>6}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r['model']:<10} {r['image_size']:>4} {r['batch_size']:>5} {r['precision']:>4} {r['workers']:>7} "
-              f"{r['pure_forward_img_s']:>13} {r['extract_img_s']:>13} {r['ratio']:>6}")
+    for case in cases:
+        print(f"{case['model']} at {case['size']} px, {case['data']}:", file=sys.stderr)
+        batches = max(2, min(10, len(case["dataset"]) // case["batch_size"]))
+        rows += run_case(case, args.repeats, forward_batches=batches)
+    text = table(rows)
+    print(text)
     if not args.quick:
         write_json(ROOT / "results" / "extract.json", {
-            "benchmark": "nolabel extract on JPEG folder vs pure forward pass, same model and batch",
-            "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
+            "benchmark": "extraction per backend x precision: whole extraction vs forward only, error vs torch fp32",
+            "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "platform": platform.platform(),
                         "torch": torch.__version__},
-            "images": "synthetic photo-like 500x375 JPEGs, quality 90",
             "rows": rows,
         })
+        replace_section(ROOT / "BENCHMARKS.md", "extract-backends", text)
     return 0
 
 

@@ -40,8 +40,9 @@ def weights(tmp_path_factory) -> Path:
 
 
 def _script(out: Path, weights: Path, data: str = "digits", batch_size: int = 16, checkpoint_seconds: float = 0.0,
-            sleep_per_batch: float = 0.0) -> str:
-    """A standalone extraction run, optionally slowed down so a test can kill it mid-way."""
+            sleep_per_batch: float = 0.0, backend: str = "torch") -> str:
+    """A standalone extraction run, optionally slowed down so a test can kill it mid-way (in torch:
+    an exported graph would not run the Python that sleeps)."""
     return textwrap.dedent(f"""
         import time, torch
         torch.set_num_threads(1)
@@ -56,7 +57,7 @@ def _script(out: Path, weights: Path, data: str = "digits", batch_size: int = 16
             backbone.forward = slow
         extract({data!r}, backbone, {str(out)!r}, options=ExtractOptions(
             batch_size={batch_size}, image_size={SIZE}, dtype="float32", workers=0,
-            checkpoint_seconds={checkpoint_seconds}), progress=False)
+            checkpoint_seconds={checkpoint_seconds}, backend={backend!r}), progress=False)
     """)
 
 

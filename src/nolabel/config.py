@@ -75,9 +75,11 @@ class DeepClusterConfig:
 
     def validate(self) -> None:
         if self.version not in DEEPCLUSTER_VERSIONS:
-            raise NolabelError(f"DeepCluster version must be one of {', '.join(DEEPCLUSTER_VERSIONS)}, got {self.version!r}")
+            raise NolabelError(f"DeepCluster version must be one of {', '.join(DEEPCLUSTER_VERSIONS)}, "
+                               f"got {self.version!r}")
         if self.schedule not in DEEPCLUSTER_SCHEDULES:
-            raise NolabelError(f"DeepCluster schedule must be one of {', '.join(DEEPCLUSTER_SCHEDULES)}, got {self.schedule!r}")
+            raise NolabelError(f"DeepCluster schedule must be one of {', '.join(DEEPCLUSTER_SCHEDULES)}, "
+                               f"got {self.schedule!r}")
         for name in ("n_clusters", "heads", "epochs", "batch_size", "pca_dim", "projection_dim"):
             if getattr(self, name) < 1:
                 raise NolabelError(f"DeepCluster {name} must be a positive integer, got {getattr(self, name)}")
@@ -192,6 +194,39 @@ class SelfLabelConfig:
                                f"{self.batch_size}, {self.lr}")
 
 
+TURTLE_SELECTIONS = ("loss", "generalization")
+
+
+@dataclass
+class TurtleConfig:
+    """Hyper-parameters of TURTLE (`nolabel.cluster.turtle`; Gadetsky, Jiang & Brbic, ICML 2024).
+    Defaults: the paper's gamma, inner steps, Adam learning rates and batch size; the epochs and
+    restarts are this project's, measured in benchmarks/fashion_mnist.py."""
+
+    n_clusters: int = 10
+    gamma: float = 10.0  # weight of the entropy of the mean labelling (keeps clusters from collapsing)
+    inner_steps: int = 10  # Adam steps of each space's linear classifier per outer step (warm-started)
+    inner_lr: float = 1e-3
+    outer_lr: float = 1e-3  # Adam, the task encoder
+    epochs: int = 100  # passes over the data; one outer step per batch
+    batch_size: int = 10_000  # clipped to the number of images
+    n_restarts: int = 3  # independent runs; the best by `selection` (no label) is kept
+    selection: str = "loss"  # loss: the lowest TURTLE loss over all images; generalization: nolabel.select's
+    random_state: int = 0
+    device: str = "auto"  # cpu, cuda or auto (cuda when a GPU is visible); results come back on the CPU
+
+    def validate(self) -> None:
+        _choice("device", self.device, DEVICES)
+        _choice("turtle.selection", self.selection, TURTLE_SELECTIONS)
+        _at_least("turtle.n_clusters", self.n_clusters, 2)
+        for name in ("inner_steps", "epochs", "n_restarts"):
+            _at_least(f"turtle.{name}", getattr(self, name), 1)
+        _at_least("turtle.batch_size", self.batch_size, 2)
+        if self.gamma < 0 or self.inner_lr <= 0 or self.outer_lr <= 0:
+            raise NolabelError(f"TURTLE needs gamma >= 0 and positive learning rates, got gamma={self.gamma}, "
+                               f"inner_lr={self.inner_lr}, outer_lr={self.outer_lr}")
+
+
 @dataclass
 class DataConfig:
     train: str = "fashion-mnist"  # fits PCA, k-means and (protocol "train") the cluster->class mapping
@@ -218,12 +253,16 @@ class ExtractConfig:
     batch_size: int = 128
     dtype: str = "float16"
     precision: str = "bf16"
+    # where the forward pass runs; auto: the fastest installed of openvino, onnxruntime, torch that
+    # computes in `precision` (nolabel.models.backends)
+    backend: str = "auto"
     device: str = "cpu"
     workers: int | None = None
 
     def validate(self) -> None:
         _choice("extract.dtype", self.dtype, ("float16", "float32"))
         _choice("extract.precision", self.precision, ("fp32", "bf16"))
+        _choice("extract.backend", self.backend, ("auto", "torch", "onnxruntime", "openvino"))
         _choice("extract.device", self.device, ("cpu", "cuda", "auto"))
         _at_least("extract.batch_size", self.batch_size, 1)
         if self.image_size is not None:
@@ -347,7 +386,7 @@ class SelectConfig:
     methods: list[str] = field(default_factory=lambda: ["kmeans"])  # kmeans, scan, selflabel
     criterion: str = "silhouette"
     score_dims: int = 64  # each space is scored as PCA to this many dimensions, L2-normalised
-    sample_size: int = 5000  # rows of the quadratic scores (silhouette)
+    sample_size: int = 10_000  # the rows the sampled scores use (`nolabel.select.sample_rows`)
     random_state: int = 0
 
     def validate(self) -> None:

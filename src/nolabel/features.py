@@ -14,11 +14,19 @@ straddles two ranks), so N processes produce exactly the features of one.
 
 Images that cannot be decoded are listed (`skipped.csv`) and left out of the final rows, or stop
 the run at once with `on_bad_image="fail"`; work done up to then is kept for the next attempt.
+
+The forward pass runs on a backend (`nolabel.models.backends`: torch, ONNX Runtime or OpenVINO;
+`backend="auto"` takes the fastest installed one that computes in the asked precision) and the
+backend is part of the store's record. Images of array datasets (Fashion-MNIST, CIFAR, digits,
+STL-10) are resized and normalised a whole batch at a time in this process
+(`ArrayEvalTransform`, bit for bit the PIL path's pixels); files are decoded in worker processes.
 """
 from __future__ import annotations
 
 import os
+import queue
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,10 +37,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__, distributed, record
-from .data import BadImageError, ImageDataset, load
+from .data import ArrayImageDataset, BadImageError, ImageDataset, load
 from .errors import NolabelError
 from .io import atomic_path, read_json, release_pages, save_npy, write_json
-from .models import Backbone, create
+from .models import Backbone, backends, create
+from .models.array_transform import ArrayEvalTransform
 from .progress import progress_bar
 from .store import FEATURES, LABELS, MANIFEST, FeatureStore, write_index, write_skipped
 
@@ -48,6 +57,7 @@ class ExtractOptions:
     device: str = "cpu"
     dtype: str = "float16"
     precision: str = "fp32"
+    backend: str = "auto"  # auto | torch | onnxruntime | openvino (see nolabel.models.backends)
     workers: int | None = None
     on_bad_image: str = "skip"
     # Flush the memory map and record progress at least this often: bounds the work a kill can
@@ -65,6 +75,8 @@ class ExtractOptions:
             raise NolabelError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
+        if self.backend not in backends.CHOICES:
+            raise NolabelError(f"backend must be one of {', '.join(backends.CHOICES)}, got {self.backend!r}")
         if self.on_bad_image not in ("skip", "fail"):
             raise NolabelError(f"on_bad_image must be 'skip' or 'fail', got {self.on_bad_image!r}")
         if self.workers is not None and self.workers < 0:
@@ -92,7 +104,7 @@ def extract(
     options: ExtractOptions = ExtractOptions(),
     force: bool = False,
     progress: bool = True,
-    log: Callable[[str], None] = lambda message: None,
+    log: Callable[[str], None] | None = None,
 ) -> FeatureStore:
     """Run `model` over `data` and write a complete FeatureStore at `out`.
 
@@ -103,10 +115,13 @@ def extract(
 
     A store already finished at `out` with the same inputs (`extraction_inputs`) is returned as it
     is (`log` says so); one made with other inputs is replaced only with `force`. An unfinished
-    extraction with the same inputs resumes.
+    extraction with the same inputs resumes. Notes on the backend (an export, a fallback) go to
+    `log`, or to stderr without one.
     """
     out = Path(out)
     distributed.init()
+    note = (log or backends._stderr) if distributed.is_main() else (lambda message: None)  # one process speaks
+    log = log or (lambda message: None)
     dataset = load(data, on_bad_image=options.on_bad_image) if isinstance(data, str) else data
     if len(dataset) == 0:
         raise NolabelError(f"{dataset.spec}: the dataset holds no images")
@@ -115,11 +130,19 @@ def extract(
     device = distributed.resolve_device(options.device)
     transform = backbone.eval_transform(options.image_size)
     dim = feature_dim(backbone, transform.image_size)
-    inputs = extraction_inputs(dataset, backbone, transform, options, dim)
+    backend = backends.resolve(options.backend, options.precision, device, note)
+    inputs = extraction_inputs(dataset, backbone, transform, options, dim, backend)
     status = record.begin(out, "extract", inputs, force=force, what="a feature store")
     if status is record.DONE:
         log(f"{out}: up to date ({dataset.spec} through {backbone.name})")
         return FeatureStore.open(out)
+    forward = backends.load(backbone, transform.image_size, backend=backend, precision=options.precision,
+                            device=device, note=note, fallback=options.backend == "auto")
+    if forward.backend != backend:  # auto's choice could not export this model (the note says why)
+        inputs = extraction_inputs(dataset, backbone, transform, options, dim, forward.backend)
+        status = record.begin(out, "extract", inputs, force=True, what="a feature store")
+        if status is record.DONE:
+            return FeatureStore.open(out)
 
     partial = out / PARTIAL
     if distributed.is_main():
@@ -129,10 +152,10 @@ def extract(
     n_batches = -(-len(dataset) // options.batch_size)
     my_batches = distributed.shard(n_batches)
     started = time.perf_counter()
-    _extract_batches(dataset, backbone, transform, partial, my_batches, options, device, progress)
+    _extract_batches(dataset, forward, transform, partial, my_batches, options, progress)
     distributed.barrier()
     if distributed.is_main():
-        _finalize(out, partial, dataset, inputs, backbone, time.perf_counter() - started)
+        _finalize(out, partial, dataset, inputs, backbone, forward, time.perf_counter() - started)
     distributed.barrier()
     return FeatureStore.open(out)
 
@@ -150,10 +173,11 @@ def feature_dim(backbone: Backbone, image_size: int) -> int:
 
 
 def extraction_inputs(dataset: ImageDataset, backbone: Backbone, transform, options: ExtractOptions,
-                      dim: int) -> dict:
+                      dim: int, backend: str) -> dict:
     """Everything that determines the features (the store's record): the data by content, the
-    weights by hash, the whole eval transform, and how the numbers are computed and stored. The
-    batch size is there because resume is exact only with the same batches."""
+    weights by hash, the whole eval transform, and how the numbers are computed (the backend that
+    ran the forward pass - never "auto" - and its precision) and stored. The batch size is there
+    because resume is exact only with the same batches."""
     report = backbone.load_report
     return {
         "dataset": dataset.spec,
@@ -165,6 +189,7 @@ def extraction_inputs(dataset: ImageDataset, backbone: Backbone, transform, opti
         "dim": dim,
         "dtype": options.dtype,
         "precision": options.precision,
+        "backend": backend,
         "batch_size": options.batch_size,
         "on_bad_image": options.on_bad_image,
     }
@@ -210,40 +235,80 @@ def _collate(samples):
     return rows, pixels, bad
 
 
-def _extract_batches(dataset, backbone, transform, partial, batches: range, options, device, progress):
+class _FileBatches:
+    """Batches decoded in DataLoader worker processes: (rows, uint8 (B, S, S, 3) or None, bad images)."""
+
+    def __init__(self, dataset: ImageDataset, transform, batches: list[range], workers: int):
+        self.normalize = transform.normalize
+        self.loader = DataLoader(
+            _Decoded(dataset, transform),
+            batch_sampler=[list(b) for b in batches],
+            num_workers=workers,
+            collate_fn=_collate,
+            prefetch_factor=4 if workers else None,
+            persistent_workers=False,
+        )
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+class _ArrayBatches:
+    """Batches of an in-memory dataset, resized + cropped here a whole batch at a time (exactly the
+    PIL path's pixels, ~50 us an image where PIL in a worker takes ~170): (rows, float (B, C, S, S)
+    holding uint8 values, no bad images). Worker processes would only compete with the forward pass
+    for the same cores."""
+
+    def __init__(self, dataset: ArrayImageDataset, transform, batches: list[range]):
+        self.images, self.batches = dataset.images, batches
+        self.transform = ArrayEvalTransform(transform, *dataset.images.shape[1:3])
+        self.normalize = self.transform.normalize
+
+    def __iter__(self):
+        for b in self.batches:
+            yield np.arange(b.start, b.stop), self.transform._resized(self.images[b.start:b.stop]), []
+
+
+def _extract_batches(dataset, forward: backends.Forward, transform, partial, batches: range, options, progress):
     progress_file = partial / f"progress.rank{distributed.rank()}.json"
     state = read_json(progress_file) if progress_file.exists() else {"next_batch": batches.start, "skipped": []}
     first = max(state["next_batch"], batches.start)
     if first >= batches.stop:
         return
     B, n = options.batch_size, len(dataset)
-    batch_indices = [list(range(b * B, min((b + 1) * B, n))) for b in range(first, batches.stop)]
-    workers = default_workers() if options.workers is None else options.workers
-    loader = DataLoader(
-        _Decoded(dataset, transform),
-        batch_sampler=batch_indices,
-        num_workers=workers,
-        collate_fn=_collate,
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
+    batch_rows = [range(b * B, min((b + 1) * B, n)) for b in range(first, batches.stop)]
+    if isinstance(dataset, ArrayImageDataset):
+        source = _ArrayBatches(dataset, transform, batch_rows)
+    else:
+        workers = default_workers() if options.workers is None else options.workers
+        source = _FileBatches(dataset, transform, batch_rows, workers)
     features = np.load(partial / FEATURES, mmap_mode="r+")
-    backbone = backbone.to(device).eval()
-    channels_last = device.type == "cpu" or options.precision == "bf16"
-    if channels_last:
-        backbone = backbone.to(memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.precision == "bf16")
 
     def record(next_batch: int) -> None:
         features.flush()
         release_pages(features)  # written pages are on disk now; don't let them pile up in RSS
         write_json(progress_file, {"next_batch": next_batch, "skipped": state["skipped"]})
 
-    remaining = sum(len(b) for b in batch_indices)
+    threads = torch.get_num_threads()
+
+    def prepared():
+        """The forward pass's inputs, made in a background thread while the previous batch runs, on one
+        core: its small tensor operations gain nothing from a second thread, and a thread team that
+        has to meet at every operation stalls while the forward pass holds the cores."""
+        torch.set_num_threads(1)  # this thread's OpenMP team (torch keeps it per thread)
+        try:
+            with torch.inference_mode():
+                for rows, pixels, bad in source:
+                    x = None if pixels is None else source.normalize(pixels.to(forward.device, non_blocking=True))
+                    yield rows, x, bad
+        finally:
+            torch.set_num_threads(threads)  # the default that threads started later take
+
+    remaining = sum(len(b) for b in batch_rows)
     bar = progress_bar(total=remaining, desc="extract", unit="img", enabled=progress, smoothing=0.1)
     last_record = time.monotonic()
-    with torch.inference_mode(), autocast:
-        for b, (rows, pixels, bad) in enumerate(loader, start=first):
+    with _Prefetch(prepared(), depth=2) as inputs, torch.inference_mode():
+        for b, (rows, x, bad) in enumerate(inputs, start=first):
             for i, reason in bad:
                 item = dataset.item_names[i]
                 if options.on_bad_image == "fail":
@@ -253,11 +318,8 @@ def _extract_batches(dataset, backbone, transform, partial, batches: range, opti
                         "--on-bad-image skip to leave such images out"
                     )
                 state["skipped"].append([int(i), item, reason])
-            if pixels is not None:
-                x = transform.normalize(pixels.to(device, non_blocking=True))
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                features[rows] = backbone(x).float().cpu().numpy().astype(options.dtype)
+            if x is not None:
+                features[rows] = forward(x).astype(options.dtype, copy=False)
             bar.update(len(rows) + len(bad))
             if time.monotonic() - last_record >= options.checkpoint_seconds:
                 record(b + 1)
@@ -266,7 +328,59 @@ def _extract_batches(dataset, backbone, transform, partial, batches: range, opti
     bar.close()
 
 
-def _finalize(out: Path, partial: Path, dataset, inputs: dict, backbone: Backbone, seconds: float) -> None:
+class _Prefetch:
+    """Iterate `items` in a background thread, `depth` items ahead; errors are raised in the consumer,
+    and leaving the `with` block stops the thread."""
+
+    _END = object()
+
+    def __init__(self, items, depth: int = 2) -> None:
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(items,), daemon=True, name="nolabel-prefetch")
+
+    def _run(self, items) -> None:
+        try:
+            for item in items:
+                if not self._put((item, None)):
+                    return
+            self._put((self._END, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            self._put((self._END, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    def _put(self, entry) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __iter__(self):
+        while True:
+            item, error = self.queue.get()
+            if error is not None:
+                raise error
+            if item is self._END:
+                return
+            yield item
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _finalize(out: Path, partial: Path, dataset, inputs: dict, backbone: Backbone, forward: backends.Forward,
+              seconds: float) -> None:
     skipped = []
     for progress_file in sorted(partial.glob("progress.rank*.json")):
         skipped.extend(read_json(progress_file)["skipped"])
@@ -290,6 +404,8 @@ def _finalize(out: Path, partial: Path, dataset, inputs: dict, backbone: Backbon
         "world_size": distributed.world_size(),
         "nolabel_version": __version__,
         "torch_version": torch.__version__,
+        "backend_version": forward.info().get("backend_version"),
+        "exported_model": forward.info().get("exported"),
     }
     write_json(out / MANIFEST, {**inputs, **info, "classes": list(dataset.classes), "n": int(len(keep)),
                                 "n_skipped": len(skipped), "complete": True})

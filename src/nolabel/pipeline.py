@@ -197,8 +197,8 @@ def _select(job: _Job, spaces: list[_Space]) -> None:
         row["label_free"] = result["scores"][row["method"]]
     chosen = next(row for row in candidates if row["method"] == result["chosen"])
     job.primary = chosen["folder"]
-    job.selected = {"method": chosen["method"], "n_clusters": chosen["n_clusters"],
-                    "criterion": cfg.select.criterion, "score": result["scores"][chosen["method"]][cfg.select.criterion]}
+    job.selected = {"method": chosen["method"], "n_clusters": chosen["n_clusters"], "criterion": cfg.select.criterion,
+                    "score": result["scores"][chosen["method"]][cfg.select.criterion]}
 
 
 def _records(folder: Path) -> dict[str, str]:

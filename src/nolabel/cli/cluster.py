@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from ..store import FeatureStore
 
     pca = PCAConfig(n_components=args.pca, whiten=args.whiten, l2_normalize=args.l2, enabled=not args.no_pca)
-    kmeans = KMeansConfig(n_clusters=args.n_clusters, n_init=args.n_init, max_iter=args.max_iter, spherical=args.spherical,
+    kmeans = KMeansConfig(n_clusters=args.n_clusters, n_init=args.n_init, max_iter=args.max_iter,
+                          spherical=args.spherical,
                           random_state=args.random_state)
     evaluate = EvaluateConfig(mapping=args.mapping)
     for c in (pca, kmeans, evaluate):

@@ -18,8 +18,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored feature dtype")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="compute precision; bf16 autocast roughly doubles CPU throughput")
-    p.add_argument("--workers", type=int, metavar="N", help="decoding processes (default: cores - 1)")
+                   help="compute precision; bf16 roughly doubles CPU throughput again")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
+                   help="where the forward pass runs (default auto: the fastest installed that computes in "
+                        "--precision; the model is exported once into the cache)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="processes decoding image files (default: cores - 1); in-memory datasets (Fashion-MNIST, "
+                        "CIFAR, ...) are resized a batch at a time in the extracting process")
     p.add_argument("--on-bad-image", choices=["skip", "fail"], default="skip")
     p.add_argument("--force", action="store_true",
                    help="replace a feature folder made with other settings (one with the same settings is "
@@ -36,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = ExtractOptions(
         batch_size=args.batch_size, image_size=args.image_size, device=args.device, dtype=args.dtype,
-        precision=args.precision, workers=args.workers, on_bad_image=args.on_bad_image,
+        precision=args.precision, backend=args.backend, workers=args.workers, on_bad_image=args.on_bad_image,
     )
     store = extract(args.data, args.model, args.out, weights=args.weights,
                     allow_pickle=args.trust_checkpoint, download=args.download, options=options, force=args.force,

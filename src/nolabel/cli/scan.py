@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where training runs (auto: a GPU when one is visible)")
     p.add_argument("--random-state", "--seed", type=int, default=0)
     p.add_argument("--force", action="store_true",
-                   help="replace a SCAN result in --out made from other inputs or settings (the same ones: kept or resumed)")
+                   help="replace a SCAN result in --out made from other inputs or settings (the same ones: "
+                        "kept or resumed)")
     p.add_argument("--quiet", action="store_true")
 
 

@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
     train = FeatureStore.open(args.features)
     evals = [FeatureStore.open(d) for d in args.eval_features]
-    path = sweep(train, evals, args.out, pca_dims=args.pca, ks=args.n_clusters, seeds=args.seeds, max_iter=args.max_iter,
-                 whiten=args.whiten, l2_normalize=args.l2, spherical=args.spherical, mapping=args.mapping, force=args.force)
+    path = sweep(train, evals, args.out, pca_dims=args.pca, ks=args.n_clusters, seeds=args.seeds,
+                 max_iter=args.max_iter, whiten=args.whiten, l2_normalize=args.l2, spherical=args.spherical,
+                 mapping=args.mapping, force=args.force)
     print(f"wrote {path} and plots in {path.parent}")
     return 0

@@ -212,15 +212,19 @@ class _KnnMonitor:
 
 def extract_features(backbone: nn.Module, images: np.ndarray, image_size: int | None = None, batch_size: int = 512,
                      bf16: bool = False, show_progress: bool = False, augment=None,
-                     generator: torch.Generator | None = None) -> np.ndarray:
+                     generator: torch.Generator | None = None, forward=None) -> np.ndarray:
     """Backbone features (N, D) float32 of uint8 images, eval mode: of the images themselves, or of
-    one random view of each when `augment` (float (B, C, H, W) in [0, 1], generator -> same) is given."""
+    one random view of each when `augment` (float (B, C, H, W) in [0, 1], generator -> same) is given.
+    `forward`: a `nolabel.models.backends.Forward` of this backbone to run instead of the module
+    (it brings its own precision; `bf16` is then unused)."""
     prepare = network_input(backbone, image_size or backbone.input_size)
     if augment is not None:
         plain = prepare
 
         def prepare(x: torch.Tensor) -> torch.Tensor:
             return plain(augment(x, generator))
+    if forward is not None:
+        return encode(lambda x: torch.from_numpy(forward(x)), images, prepare, batch_size, False, show_progress)
     return encode(backbone, images, prepare, batch_size, bf16, show_progress)
 
 

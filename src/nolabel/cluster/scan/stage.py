@@ -23,13 +23,15 @@ from .heads import ListHead
 from .train import FeatureInputs, ImageInputs, _json, _predict, load_scan, train_scan_features, train_scan_network
 
 
-def load_stage_inputs(features: str | Path | np.ndarray | None, augmented: list[str | Path] | tuple = (), data: str | None = None,
+def load_stage_inputs(features: str | Path | np.ndarray | None, augmented: list[str | Path] | tuple = (),
+                      data: str | None = None,
                       model: str | None = None, weights: str | Path | None = None, image_size: int | None = None,
                       backbone_state: dict | None = None) -> dict[str, Any]:
     """What a SCAN or self-labeling stage trains on, from files.
 
     Frozen mode (`features` given: a FeatureStore folder, or an (N, D) array): the (N, D) features as
-    float32, the store's labels, and the (V, N, D) features of the augmented-view stores. Network mode (`data` and `model`): the dataset's
+    float32, the store's labels, and the (V, N, D) features of the augmented-view stores. Network mode
+    (`data` and `model`): the dataset's
     images in memory and the backbone (`weights` file, or a saved `backbone_state`).
     """
     from ...store import FeatureStore
@@ -71,7 +73,8 @@ def predict_scan(scan_dir: str | Path, *, features: str | Path | np.ndarray | No
     its self-labeled version (`selflabel_dir`, a `run_selflabel` output made from `scan_dir`).
 
     Frozen-features SCAN takes `features`, a FeatureStore folder or an (N, D) array of the same
-    backbone (SCAN's PCA, if any, is applied); whole-network SCAN takes `data`, a dataset spec run through the backbone it trained.
+    backbone (SCAN's PCA, if any, is applied); whole-network SCAN takes `data`, a dataset spec run
+    through the backbone it trained.
     """
     from ...io import read_json
 
@@ -81,7 +84,8 @@ def predict_scan(scan_dir: str | Path, *, features: str | Path | np.ndarray | No
     if (features is None) == (data is None):
         raise NolabelError("give either features (frozen-features SCAN) or data (whole-network SCAN)")
     if (backbone_state is None) != (features is not None):
-        raise NolabelError(f"{scan_dir}: SCAN ran {'on frozen features' if backbone_state is None else 'on the whole network'};"
+        ran = "on frozen features" if backbone_state is None else "on the whole network"
+        raise NolabelError(f"{scan_dir}: SCAN ran {ran};"
                            f" predict from {'features' if backbone_state is None else 'data (images)'}")
     inputs = load_stage_inputs(features, (), data, saved["meta"].get("model"), None, image_size, backbone_state)
     inputs = apply_stage_pca(scan_dir, inputs)
@@ -119,16 +123,19 @@ def predict_scan(scan_dir: str | Path, *, features: str | Path | np.ndarray | No
 
 def write_augmented_views(data: str, model: str, out_dir: str | Path, *, kind: str = "strong", n_views: int = 2,
                           weights: str | Path | None = None, image_size: int | None = None, bf16: bool = False,
-                          seed: int = 0, batch_size: int = 256, show_progress: bool = True) -> list[Path]:
+                          seed: int = 0, batch_size: int = 256, show_progress: bool = True,
+                          backend: str = "auto") -> list[Path]:
     """Features of `n_views` random augmented views of every image, one FeatureStore per view
     (`out_dir/view0`, ...), for SCAN and self-labeling on frozen features (`augmented=` of `run_scan`,
     `run_selflabel`). kind: "weak" (flip + translation) or "strong" (weak + 4 RandAugment-style ops +
     Cutout). Finished views are kept (resumable) while their record matches the request - the
-    images by content, the weights by hash, the augmentation, seed and precision; a view computed
-    from anything else is recomputed, with a message."""
+    images by content, the weights by hash, the augmentation, seed, precision and backend; a view
+    computed from anything else is recomputed, with a message. The views are augmented as tensors,
+    then run through `backend` (`nolabel.models.backends`, as feature extraction; auto: the fastest
+    installed that computes in the precision)."""
     from ...augment import StrongAugment, WeakAugment
     from ...data import load
-    from ...models import create
+    from ...models import backends, create
     from ...pretrain.simclr import extract_features
     from ...store import FeatureStore, is_complete, write_store
     from ...training import images_in_memory
@@ -141,6 +148,9 @@ def write_augmented_views(data: str, model: str, out_dir: str | Path, *, kind: s
     data_fingerprint = dataset.fingerprint()
     size = image_size or backbone.input_size
     images = images_in_memory(dataset, size)
+    precision = "bf16" if bf16 else "fp32"
+    chosen = backends.resolve(backend, precision)
+    forward = None  # loaded (exported if need be) once a view has to be computed
     out = Path(out_dir)
     paths = []
     for v in range(n_views):
@@ -148,15 +158,20 @@ def write_augmented_views(data: str, model: str, out_dir: str | Path, *, kind: s
         paths.append(path)
         wanted = {"data": data, "data_fingerprint": data_fingerprint, "model": model,
                   "weights_sha256": getattr(backbone.load_report, "sha256", None), "image_size": size,
-                  "augmentation": kind, "view": v, "seed": seed, "bf16": bf16, "batch_size": batch_size}
+                  "augmentation": kind, "view": v, "seed": seed, "bf16": bf16, "backend": chosen,
+                  "batch_size": batch_size}
         previous = record.read(path)
         if is_complete(path) and previous is not None and previous["fingerprint"] == record.fingerprint(wanted):
             continue
         if previous is not None:
             changed = ", ".join(record.differences(previous["inputs"], wanted))
             print(f"{path}: stored {kind} view differs in {changed}; recomputing it", flush=True)
+        if forward is None:
+            forward = backends.load(backbone, size, backend=chosen, precision=precision, fallback=backend == "auto")
+            chosen = wanted["backend"] = forward.backend  # auto's choice may fail to export (a note says so)
         generator = torch.Generator().manual_seed(seed * 1000 + v)
-        feats = extract_features(backbone, images, size, batch_size, bf16, show_progress, augments[kind](), generator)
+        feats = extract_features(backbone, images, size, batch_size, bf16, show_progress, augments[kind](), generator,
+                                 forward=forward)
         write_store(path, feats, dataset.labels, dataset.item_names,
                     {**wanted, "weights": str(weights) if weights else None}, inputs=wanted)
     return [FeatureStore.open(p).path for p in paths]
@@ -334,7 +349,7 @@ def _train_scan_stage(out: Path, training: dict[str, Any], features, augmented, 
         "config": _json(config),
     }
     if distributed.is_main():
-        save_npy(out / "probabilities.npy", result.probabilities.astype(np.float32))
+        save_npy(out / "probabilities.npy", np.asarray(result.probabilities, dtype=np.float32))
         save_npy(out / "predictions.npy", result.predictions.astype(np.int64))
         write_json(out / "scan.json", summary)
     record.finish(out, "scan-training", training, name=TRAINING_RECORD)
