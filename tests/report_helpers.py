@@ -8,6 +8,7 @@ captured.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -89,6 +90,22 @@ def open_page(chromium, tmp_path_factory):
     yield open_
     for driver in drivers:
         driver.quit()
+
+
+def stand_in_umap(x: np.ndarray, settings: dict, seed: int) -> np.ndarray:
+    """The report map's layout for tests of the page rather than of UMAP (which costs ~30 s of numba
+    compiling in every test process): the clustered space's first two coordinates."""
+    return x[:, :2].copy()
+
+
+@contextlib.contextmanager
+def stand_in_map():
+    """Reports written inside lay their map out with `stand_in_umap`."""
+    from nolabel.report import embedding
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(embedding, "_umap", stand_in_umap)
+        yield
 
 
 def console_errors(driver) -> list[str]:

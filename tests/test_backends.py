@@ -18,6 +18,7 @@ from nolabel.models import backends, create
 from nolabel.models.array_transform import ArrayEvalTransform, pil_coefficients
 from nolabel.models.backbone import EvalTransform, Preprocessing
 
+
 def _installed(backend: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in (backend, "onnx", "onnxscript"))
 
@@ -151,6 +152,32 @@ def test_openvino_precision_is_set_explicitly():
             backends.load(backbone, 28, backend="openvino", precision="bf16")
 
 
+def test_torch_fp32_turns_reduced_precision_off_and_bf16_autocasts():
+    """fp32 means fp32 on a GPU too: cuDNN's TF32 default and a global matmul precision are
+    overridden for the forward pass, then restored."""
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append((torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision(),
+                         torch.is_autocast_enabled("cpu")))
+            return x.flatten(1)
+
+    previous = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("medium")
+    try:
+        x = torch.ones(2, 3, 4, 4)
+        backends.TorchForward(Probe(), "fp32")(x)
+        backends.TorchForward(Probe(), "bf16")(x)
+        after = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous[0]
+        torch.set_float32_matmul_precision(previous[1])
+    assert seen == [(False, "highest", False), (True, "medium", True)]
+    assert after == (True, "medium")
+
+
 def test_onnxruntime_refuses_bf16_and_gpus_run_torch():
     with pytest.raises(NolabelError, match="fp32 only|not installed|needs"):
         backends.resolve("onnxruntime", "bf16")
@@ -270,6 +297,18 @@ def test_augmented_views_run_through_the_backend(tmp_path, backend):
         views[name] = FeatureStore.open(path)
         assert record.read(path)["inputs"]["backend"] == name
     assert _relative(views[backend].features, views["torch"].features) < 1e-4
+
+
+@pytest.mark.parametrize("backend", EXPORTED[:1])
+def test_a_run_extracts_and_writes_scans_views_on_the_configured_backend(tmp_path, backend):
+    from nolabel.pipeline import run
+
+    overrides = ["name=t", "data.train=digits", "model.name=cnn28", "extract.image_size=16", "extract.precision=fp32",
+                 f"extract.backend={backend}", "pca.n_components=16", "baseline.enabled=false", "report=false",
+                 "scan.epochs=1", "scan.n_heads=1", "scan.weak_views=1", "scan.strong_views=1", "scan.n_neighbors=5"]
+    run(load_config(None, overrides), tmp_path / "r", progress=False)
+    for store in ("features/digits", "views_weak/view0", "views_strong/view0"):
+        assert record.read(tmp_path / "r" / store)["inputs"]["backend"] == backend, store
 
 
 def test_config_and_cli_take_the_backend(tmp_path, capsys):

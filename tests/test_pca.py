@@ -49,6 +49,32 @@ def test_matches_float64_svd(features):
     np.testing.assert_allclose(projected * signs, reference, rtol=1e-6, atol=1e-6 * np.abs(reference).max())
 
 
+def test_wide_features_take_the_lanczos_solver_with_the_same_result(monkeypatch):
+    """d >= LANCZOS_MIN_DIM and few components: ARPACK's leading eigenpairs, checked against a float64
+    SVD and scikit-learn's probabilistic PCA (noise variance from the trace, not the left-out eigenvalues)."""
+    from sklearn.decomposition import PCA as SklearnPCA
+
+    from nolabel.cluster import pca as pca_module
+
+    rng = np.random.default_rng(1)
+    d, k = 64, 8
+    X = rng.standard_normal((1200, d)) * np.linspace(4, 0.1, d) + rng.standard_normal((1200, 1))
+    monkeypatch.setattr(pca_module, "LANCZOS_MIN_DIM", d)
+    assert d >= pca_module.LANCZOS_MIN_DIM and k <= pca_module.LANCZOS_MAX_SHARE * d
+    mean, vt, variance, X64 = svd_reference(X)
+    with monkeypatch.context() as patch:  # the full eigendecomposition must not be what runs
+        patch.setattr(np.linalg, "eigh", lambda *a, **k: pytest.fail("full eigh used"))
+        pca = PCA(n_components=k).fit(X)
+    np.testing.assert_allclose(pca.explained_variance_, variance[:k], rtol=1e-9)
+    np.testing.assert_allclose(pca.explained_variance_ratio_, variance[:k] / variance.sum(), rtol=1e-9)
+    np.testing.assert_allclose(aligned(pca.components_, vt[:k]), vt[:k], atol=1e-8)
+    reference = SklearnPCA(n_components=k, svd_solver="full").fit(X)
+    np.testing.assert_allclose(pca.noise_variance_, reference.noise_variance_, rtol=1e-9)
+    np.testing.assert_allclose(pca.score(X), reference.score(X), rtol=1e-9)
+    again = PCA(n_components=k).fit(X)
+    assert np.array_equal(again.components_, pca.components_)  # a fixed start vector: deterministic
+
+
 def test_wide_inputs_take_column_blocks_with_the_same_result(features, monkeypatch):
     import nolabel.cluster.pca as pca_module
 

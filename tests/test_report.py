@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from report_helpers import chromium, cluster_run, console_errors, digits_run, open_page  # noqa: F401
+import report_helpers
+from report_helpers import cluster_run, console_errors, digits_run, stand_in_map
 
 from nolabel.cli import main as cli_main
 from nolabel.clustering import SourceAssignments, read_assignments
@@ -19,8 +20,16 @@ from nolabel.report.montage import pick_members
 from nolabel.report.page import script_json
 from nolabel.store import write_store
 
+chromium, open_page = report_helpers.chromium, report_helpers.open_page  # the fixtures of the browser tests
 # File names a browser would run or render if the page pasted them in as markup (no "/" in a name).
 HOSTILE_NAMES = ['<img src=x onerror="window.pwned=1">.png', "<em class=injected>x<em>.png", 'a & "b".png']
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quick_map():
+    """The map is laid out without UMAP here (its tests: test_report_map.py)."""
+    with stand_in_map():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +92,7 @@ def test_digits_report_in_chromium(digits, open_page, tmp_path):
     assert by_source["digits_eval"]["ACC fit on train"] == f"{metrics['digits_eval']['fit_on_train']['acc']:.3f}"
     assert "Hungarian" in driver.find_element("css selector", "#metrics .note").text
 
-    # every cluster: one card, 8 typical + 4 random tiles, all drawn from one sprite
+    # every cluster: one card, 8 typical + 4 least typical + 4 random tiles, all drawn from one sprite
     cards = driver.find_elements("css selector", "#cluster-list .cluster")
     assert len(cards) == 10
     tiles = driver.execute_script(
@@ -91,7 +100,7 @@ def test_digits_report_in_chromium(digits, open_page, tmp_path):
         "c.id, c.querySelectorAll('.tile').length, c.querySelectorAll('.tile.missing').length,"
         "getComputedStyle(c.querySelector('.tile')).backgroundImage.slice(0, 26), c.querySelector('.tile').title])")
     assert sorted(t[0] for t in tiles) == [f"cluster-{i}" for i in range(10)]
-    assert all(n == 12 and missing == 0 and image.startswith('url("data:image/png;base64')
+    assert all(n == 16 and missing == 0 and image.startswith('url("data:image/png;base64')
                for _, n, missing, image, _ in tiles)
 
     # the first tile of each cluster is its image closest to the centroid (smallest distance)
@@ -172,6 +181,13 @@ def test_scan_run_report_shows_self_labeling_first_and_switches_clusterings(tmp_
     assert sorted(int(t.split()[0]) for t in sizes) == sorted(np.bincount(kmeans.assignments["train"].cluster,
                                                                            minlength=10).tolist())
     assert set(figures) == {"0"}
+    # the map of the train images is coloured by whichever clustering the browser shows
+    mapped = driver.execute_script("return JSON.parse(document.getElementById('cluster-data').textContent).map")
+    for row, clusters in zip(summary["rows"], mapped["clusters"]):
+        assert clusters == load_clustering(row["folder"]).assignments["train"].cluster.tolist()
+    legend = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#map-legend button')).map(b => b.textContent)")
+    assert legend == [f"#{c}" for c in np.unique(kmeans.assignments["train"].cluster)]
     assert console_errors(driver) == []
 
 
@@ -241,7 +257,12 @@ def test_thousand_clusters_paginate(tmp_path, open_page):
     report = write_report(run_dir)
     assert report.stat().st_size < 2_500_000  # one small sprite per cluster, ~2 KB each
     folder_report = write_report(run_dir, out=run_dir / "lazy.html", max_embedded_bytes=0)
-    assert folder_report.stat().st_size < 600_000
+    # no thumbnail inside: the browser's JSON (with each shown image's 8 similar ones) and the map's 2,000 points
+    assert folder_report.stat().st_size < 900_000
+    data = json.loads(re.search(r'id="cluster-data">(.*?)</script>', folder_report.read_text(encoding="utf-8"),
+                                re.S).group(1))
+    assert data["thumbs"]["sheets"] == ["lazy_files/thumbnails-0000.webp", "lazy_files/thumbnails-0001.webp"]
+    assert (run_dir / "lazy_files" / "thumbnails-0001.webp").is_file()
     sprites = sorted((run_dir / "lazy_files").glob("clustering-0-cluster-*.png"))
     assert len(sprites) == k - int(np.sum(np.bincount(read_assignments(run_dir / "cluster" / "assignments.csv")
                                                       ["train"].cluster, minlength=k) == 0))
@@ -294,11 +315,15 @@ def test_script_json_cannot_close_the_script_element():
 def test_standalone_cluster_folder_and_cli(digits, tmp_path, capsys):
     cluster_dir = digits / "cluster"
     out = tmp_path / "page.html"
-    assert cli_main(["report", str(cluster_dir), "--out", str(out), "--random", "2"]) == 0
+    assert cli_main(["report", str(cluster_dir), "--out", str(out), "--random", "2", "--atypical", "1",
+                     "--similar", "3", "--uncertain", "5", "--map-points", "0"]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     html = out.read_text(encoding="utf-8")
     data = json.loads(re.search(r'id="cluster-data">(.*?)</script>', html, re.S).group(1))["clusterings"][0]
-    assert len(data["clusters"]) == 10 and all(len(c["tiles"]) == 10 for c in data["clusters"])
+    assert len(data["clusters"]) == 10 and all(len(c["tiles"]) == 11 for c in data["clusters"])
+    assert len(data["uncertain"]) == 5 and all(len(data["images"][t["image"]][4]) == 3
+                                               for c in data["clusters"] for t in c["tiles"])
+    assert 'id="map"' not in html
     assert "ACC fit on train" in html
 
 
@@ -325,6 +350,29 @@ def test_missing_dataset_still_renders(tmp_path):
     assert "Montages left out: the dataset of train could not be loaded" in html
     data = json.loads(re.search(r'id="cluster-data">(.*?)</script>', html, re.S).group(1))["clusterings"][0]
     assert [c["size"] for c in data["clusters"]] and all(c["tiles"] == [] for c in data["clusters"])
+
+
+def test_a_copied_run_folder_reports_its_own_clusterings(tmp_path):
+    import shutil
+
+    from nolabel.clustering import open_run_clustering
+    from nolabel.report.collect import read_run
+
+    original = digits_run(tmp_path / "original", k=10, n_train=300)
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    shutil.rmtree(original)
+    digits_run(original, k=4, n_train=300)  # the original changed since the copy: 4 clusters where it had 10
+
+    def clusters_shown() -> int:
+        html = write_report(copy, map_points=0, progress=False).read_text(encoding="utf-8")
+        return len(json.loads(re.search(r'id="cluster-data">(.*?)</script>', html, re.S).group(1))
+                   ["clusterings"][0]["clusters"])
+
+    assert read_run(copy).main.path == open_run_clustering(copy).path == copy / "cluster"
+    assert clusters_shown() == 10
+    shutil.rmtree(original)  # and with the original gone
+    assert clusters_shown() == 10
 
 
 def test_sweep_plots_and_training_curves_are_embedded(digits, tmp_path):

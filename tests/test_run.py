@@ -219,7 +219,7 @@ def test_run_with_simclr_scan_and_selflabel_adds_a_row_per_stage(tmp_path):
 def test_run_config_rejects_contradictory_stages():
     with pytest.raises(NolabelError, match="keep one"):
         load_config(None, ["pretrain.epochs=1", "deepcluster.epochs=1"])
-    with pytest.raises(NolabelError, match="add a scan section"):
+    with pytest.raises(NolabelError, match="add a scan or turtle section"):
         load_config(None, ["selflabel.epochs=1"])
     with pytest.raises(NolabelError, match="scan.mode"):
         load_config(None, ["scan.mode=magic"])

@@ -45,22 +45,30 @@ def test_the_choice_is_the_same_with_and_without_labels(tmp_path, digit_folders)
     assert len(labelled["rows"]) == 4 and all(set(r["label_free"]) >= set(select.ALL) for r in labelled["rows"])
     chosen = next(r for r in labelled["rows"] if r["method"] == labelled["selected"]["method"])
     assert labelled["primary"] == chosen["folder"]
-    assert labelled["selected"]["score"] == max(r["label_free"]["silhouette"] for r in labelled["rows"])
+    assert labelled["selected"]["score"] == max(r["label_free"]["consensus"] for r in labelled["rows"]
+                                                 if r["n_clusters"] == labelled["selected"]["n_clusters"])
     assert read_json(tmp_path / "labelled" / "select" / "scores.json")["chosen"] == chosen["method"]
 
 
 def test_select_settings_criterion_and_report(tmp_path, digit_folders):
     from nolabel.report import write_report
 
-    summary = _run(f"folder:{digit_folders}", tmp_path / "r", "select.criterion=davies_bouldin")
-    assert summary["selected"]["score"] == min(r["label_free"]["davies_bouldin"] for r in summary["rows"])
+    summary = _run(f"folder:{digit_folders}", tmp_path / "r", "select.criterion=davies_bouldin",
+                   "select.k_criterion=silhouette")
+    selected = summary["selected"]
+    # K from the best silhouette over all candidates, then the lowest Davies-Bouldin among that K's
+    assert selected["n_clusters"] == max(summary["rows"], key=lambda r: r["label_free"]["silhouette"])["n_clusters"]
+    assert selected["score"] == min(r["label_free"]["davies_bouldin"] for r in summary["rows"]
+                                    if r["n_clusters"] == selected["n_clusters"])
     html = write_report(tmp_path / "r", progress=False).read_text(encoding="utf-8")
-    assert "Choosing without labels" in html and "Chosen by davies bouldin" in html
+    assert "Choosing without labels" in html
+    assert f"K = {selected['n_clusters']} chosen by silhouette" in html and "chosen by davies bouldin" in html
     assert '<tr class="chosen">' in html
     # unchanged settings: every stage, the choice included, is up to date
     logs = []
     run(load_config(None, [SELECT[0].format(f"folder:{digit_folders}"), *SELECT[1:],
-                           "select.criterion=davies_bouldin"]), tmp_path / "r", progress=False, log=logs.append)
+                           "select.criterion=davies_bouldin", "select.k_criterion=silhouette"]), tmp_path / "r",
+        progress=False, log=logs.append)
     assert any(line == "select: up to date" for line in logs)
 
 
@@ -72,7 +80,28 @@ def test_mean_rank_and_choose():
     assert ranks == {"a": 0.5, "b": 0.5, "c": 0.5}
     assert select.choose(scores, "silhouette") == "c" and select.choose(scores, "davies_bouldin") == "b"
     with pytest.raises(NolabelError, match="finite"):
-        select.choose({"a": {"silhouette": float("nan")}}, "silhouette")
+        select.choose({"a": {"silhouette": float("nan")}, "b": {"silhouette": float("nan")}}, "silhouette")
+    assert select.choose({"a": {"mean_rank": float("nan")}}, "mean_rank") == "a"  # a lone candidate
+
+
+def test_k_first_then_the_criterion_within_that_k():
+    """K from the best candidate by k_criterion over all; then criterion among that K's candidates, ties
+    broken by k_criterion; consensus is computed within each K."""
+    scores = {"a10": {"consensus": 0.5, "mean_rank": 0.9}, "b10": {"consensus": 0.7, "mean_rank": 0.2},
+              "c20": {"consensus": 0.9, "mean_rank": 0.6}, "d20": {"consensus": 0.9, "mean_rank": 0.7}}
+    ks = {"a10": 10, "b10": 10, "c20": 20, "d20": 20}
+    # mean_rank's best (a10) sets K = 10; consensus then prefers b10 although c20 / d20 score higher
+    assert select.choose_clustering(scores, ks, "consensus", "mean_rank") == "b10"
+    # one K: the criterion alone; a tie (two candidates of a K agree equally) goes to k_criterion
+    assert select.choose_clustering({n: scores[n] for n in ("c20", "d20")}, {"c20": 20, "d20": 20},
+                                    "consensus", "mean_rank") == "d20"
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 3, 200)
+    b, c, d = a.copy(), rng.integers(0, 3, 200), rng.integers(0, 5, 200)
+    b[:20] = (b[:20] + 1) % 3
+    within = select.consensus_within_k({"a": a, "b": b, "c": c, "d": d}, {"a": 3, "b": 3, "c": 3, "d": 5})
+    expected = select.consensus({"a": a, "b": b, "c": c})
+    assert {n: within[n] for n in "abc"} == expected and np.isnan(within["d"])
 
 
 def test_select_config_errors():

@@ -6,11 +6,13 @@ clustering is a folder holding:
     clustering.json    the method, the number of clusters, its sources (the sets it assigned: their
                        dataset, feature store and its fingerprint), its settings, and how to assign
                        new features (`assign` below)
-    assignments.csv    row, source, item, cluster, confidence, distance, label - one line per image of
-                       every source; `item` names the image (its path in the dataset, or split/index);
-                       `confidence` in [0, 1] (a head's probability of the cluster, or k-means'
-                       margin 1 - d1/d2 between the nearest and second-nearest centroid); `distance`
-                       to the centroid where there is one (else empty); `label` -1 where unknown
+    assignments.csv    row, source, item, cluster, confidence, distance, typicality, label - one line
+                       per image of every source; `item` names the image (its path in the dataset, or
+                       split/index); `confidence` in [0, 1] (a head's probability of the cluster, or
+                       k-means' margin 1 - d1/d2 between the nearest and second-nearest centroid);
+                       `distance` to the centroid where there is one (else empty); `typicality` in
+                       [0, 1], the image's rank within its cluster (1 the most typical member, 0 the
+                       least: see `typicality`); `label` -1 where unknown
     metrics.json       per source: n, cluster sizes and, where labels exist, the label metrics under
                        both mappings (fitted on the source itself, and on the train source); labels
                        only score, they never change a clustering
@@ -21,6 +23,9 @@ clustering is a folder holding:
     clustering = load_clustering("runs/default/cluster")
     clustering.assignments["train"].cluster          # (N,) cluster ids of the train images
     clusters, confidence = assign(clustering, features)   # new features (M, D) -> (M,), (M,)
+    clustering = open_run_clustering("runs/default")      # a run's chosen clustering
+    found = outliers(clustering)                          # per cluster most / least typical, most uncertain
+    x = clustered_features(clustering, "train")           # (N, d): the space it clustered in (after its PCA)
 """
 from __future__ import annotations
 
@@ -41,7 +46,9 @@ from .store import FeatureStore
 CLUSTERING_JSON = "clustering.json"
 ASSIGNMENTS = "assignments.csv"
 METRICS_JSON = "metrics.json"
-COLUMNS = ("row", "source", "item", "cluster", "confidence", "distance", "label")
+SUMMARY_JSON = "summary.json"
+PCA_FILE = "pca.npz"
+COLUMNS = ("row", "source", "item", "cluster", "confidence", "distance", "typicality", "label")
 
 
 @dataclass
@@ -65,23 +72,84 @@ class Source:
 
 @dataclass
 class SourceAssignments:
-    """One source's rows of assignments.csv, in row order: (N,) arrays."""
+    """One source's rows of assignments.csv, in row order: (N,) arrays. `typicality` is computed from
+    the other columns when not given (assignments written before it was a column)."""
 
     cluster: np.ndarray
     confidence: np.ndarray
     distance: np.ndarray  # NaN where the clustering has no centroids
     label: np.ndarray
     items: list[str] = field(default_factory=list)
+    typicality: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.typicality is None:
+            self.typicality = typicality(self.cluster, self.distance, self.confidence)
 
     @property
     def has_labels(self) -> bool:
         return bool((self.label >= 0).any())
 
-    def typical_order(self) -> np.ndarray:
-        """Row indices from most to least typical of their cluster: nearest to the centroid when there
-        are centroids, else most confident."""
-        key = self.distance if np.isfinite(self.distance).all() else -self.confidence
-        return np.lexsort((np.arange(len(key)), key))
+    def by_typicality(self) -> dict[int, np.ndarray]:
+        """{cluster: its rows, from the most typical member to the least} by `typicality`, ties to the
+        lower row; only clusters with members. The one ordering behind `outliers` and the report's montages."""
+        rows = np.arange(len(self.cluster))
+        order = np.lexsort((rows, -self.typicality, self.cluster))
+        ids, starts = np.unique(self.cluster[order], return_index=True)
+        return dict(zip(ids.tolist(), np.split(order, starts[1:])))
+
+
+def typicality(cluster: np.ndarray, distance: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """(N,) float in [0, 1]: each image's rank within its cluster, from 1 for the most typical member to
+    0 for the least (1 in a cluster of one). Typical means nearest to the centroid where the clustering
+    has centroids (every distance finite), else most confident; ties go to the lower row.
+
+    A rank, not a distance, so that it reads the same in a tight cluster and a spread one, and for
+    every method; inputs: (N,) cluster ids, distances (NaN without centroids) and confidences."""
+    cluster = np.asarray(cluster)
+    key = _typical_key(np.asarray(distance, np.float64), np.asarray(confidence, np.float64))
+    order = np.lexsort((np.arange(len(cluster)), key, cluster))  # by cluster, then typical first
+    _, starts, sizes = np.unique(cluster[order], return_index=True, return_counts=True)
+    rank = np.arange(len(order)) - np.repeat(starts, sizes)
+    result = np.empty(len(order))
+    result[order] = 1.0 - rank / np.maximum(np.repeat(sizes, sizes) - 1, 1)
+    return result
+
+
+def _typical_key(distance: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """Smaller is more typical: the distance to the centroid where every image has one, else -confidence."""
+    return distance if np.isfinite(distance).all() else -confidence
+
+
+@dataclass
+class Outliers:
+    """The members of each cluster at both ends of typicality, and the least certain images of a source,
+    as row indices into its assignments (`items[row]` names the image)."""
+
+    most_typical: dict[int, np.ndarray]  # cluster -> rows, the most typical first
+    least_typical: dict[int, np.ndarray]  # cluster -> rows, the least typical (the outliers) first
+    uncertain: np.ndarray  # rows of the lowest confidence in the whole source, the lowest first
+    items: list[str]
+
+
+def outliers(clustering: "Clustering | str | os.PathLike", *, source: str = "train", n_per_cluster: int = 8,
+             n_uncertain: int = 50) -> Outliers:
+    """Per cluster its `n_per_cluster` most and least typical members (by `typicality`: nearest to or
+    farthest from the centroid, or most and least confident), and the `n_uncertain` images of the
+    source whose cluster is least certain (lowest confidence: nearest a boundary between two centroids,
+    or the head's lowest probability). `clustering`: a Clustering, or a run or clustering folder."""
+    if n_per_cluster < 0 or n_uncertain < 0:
+        raise NolabelError(f"n_per_cluster and n_uncertain must be >= 0, got {n_per_cluster}, {n_uncertain}")
+    if not isinstance(clustering, Clustering):
+        clustering = open_run_clustering(clustering)
+    if source not in clustering.assignments:
+        raise NolabelError(f"{clustering.path}: no source {source!r}; it has {', '.join(clustering.sources)}")
+    a = clustering.assignments[source]
+    ordered = a.by_typicality()
+    most = {cluster: members[:n_per_cluster] for cluster, members in ordered.items()}
+    least = {cluster: members[::-1][:n_per_cluster] for cluster, members in ordered.items()}
+    uncertain = np.lexsort((np.arange(len(a.cluster)), a.confidence))[:n_uncertain]
+    return Outliers(most, least, uncertain, a.items)
 
 
 @dataclass
@@ -127,6 +195,19 @@ class Clustering:
     def classes(self, source: str) -> list[str]:
         return list(self.info["sources"][source].get("classes", []))
 
+    def mapped_classes(self, source: str = "train") -> dict[int, str]:
+        """cluster -> the name of the class it maps to under the metrics' mapping (the clustering's
+        mapping method, fitted on `source`'s labelled images); {} when `source` has no labels. Clusters
+        without a labelled member map to nothing."""
+        a = self.assignments[source]
+        known = a.label >= 0
+        if not known.any():
+            return {}
+        names = self.classes(source)
+        fitted = metrics.contingency(a.label[known], a.cluster[known]).mapping(
+            self.info.get("evaluate", {}).get("mapping", "hungarian"))
+        return {cluster: names[k] if k < len(names) else str(k) for cluster, k in fitted.as_dict().items()}
+
 
 def write_clustering(folder: str | os.PathLike, *, method: str, sources: Sequence[Source],
                      clusters: Sequence[np.ndarray], confidence: Sequence[np.ndarray], n_clusters: int,
@@ -155,9 +236,11 @@ def write_clustering(folder: str | os.PathLike, *, method: str, sources: Sequenc
             w = csv.writer(f)
             w.writerow(COLUMNS)
             for source, c, p, d in zip(sources, clusters, confidence, distance):
+                d = np.asarray(d, np.float64)
                 w.writerows(zip(range(len(c)), [source.name] * len(c), source.items, np.asarray(c).tolist(),
                                 np.round(np.asarray(p, np.float64), 6).tolist(),
                                 ["" if not np.isfinite(v) else round(float(v), 6) for v in d],
+                                np.round(typicality(c, d, p), 6).tolist(),
                                 np.asarray(source.labels).tolist()))
     scored = score_sources(sources, clusters, n_clusters, evaluate)
     if fitted:
@@ -192,24 +275,75 @@ def load_clustering(folder: str | os.PathLike) -> Clustering:
 
 
 def read_assignments(path: Path) -> dict[str, SourceAssignments]:
-    """assignments.csv split by source, rows in order."""
+    """assignments.csv split by source, rows in order. Files written before the typicality column
+    existed read too (it is then computed)."""
     columns: dict[str, list[list]] = {}
     with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            c = columns.setdefault(row["source"], [[], [], [], [], [], []])
+            c = columns.setdefault(row["source"], [[], [], [], [], [], [], []])
             c[0].append(int(row["row"]))
             c[1].append(int(row["cluster"]))
             c[2].append(float(row["confidence"]))
             c[3].append(float(row["distance"]) if row["distance"] else np.nan)
             c[4].append(int(row["label"]))
             c[5].append(row["item"])
+            c[6].append(float(row["typicality"]) if row.get("typicality") else np.nan)
     result = {}
-    for source, (rows, cluster, confidence, distance, label, items) in columns.items():
+    for source, (rows, cluster, confidence, distance, label, items, typical) in columns.items():
         order = np.argsort(np.asarray(rows), kind="stable")
+        typical = np.asarray(typical)[order]
         result[source] = SourceAssignments(np.asarray(cluster, np.int64)[order], np.asarray(confidence)[order],
                                            np.asarray(distance)[order], np.asarray(label, np.int64)[order],
-                                           [items[i] for i in order])
+                                           [items[i] for i in order], typical if np.isfinite(typical).all() else None)
     return result
+
+
+def open_run_clustering(path: str | os.PathLike, name: str | None = None) -> Clustering:
+    """The clustering a command acts on. `path` is a clustering folder, or a run folder (`nolabel run`)
+    whose primary clustering is taken - summary.json's "primary": the run's last clustering stage, or
+    the one chosen without labels. `name` picks another of the run's clusterings: its folder relative
+    to `path` (scan, baseline/cluster, ...) or its method in the run's results table.
+
+    Folders recorded in summary.json are found with `recorded_folder`, so a run folder moved or copied
+    since reads its own clusterings."""
+    path = Path(path)
+    summary_file = path / SUMMARY_JSON
+    summary = read_json(summary_file) if summary_file.is_file() else None
+    rows = summary.get("rows", []) if summary else []
+
+    def recorded(folder: str) -> Path:
+        return recorded_folder(path, summary, folder)
+
+    if name is not None:
+        if (path / name / CLUSTERING_JSON).is_file():
+            return load_clustering(path / name)
+        by_method = [row["folder"] for row in rows if row.get("method") == name]
+        if by_method:
+            return load_clustering(recorded(by_method[0]))
+        known = [f"{_relative(recorded(row['folder']), path)} ({row.get('method')})" for row in rows]
+        raise NolabelError(f"{path}: no clustering {name!r}" + (f"; the run has {', '.join(known)}" if known else ""))
+    if (path / CLUSTERING_JSON).is_file():
+        return load_clustering(path)
+    if summary is not None:
+        primary = summary.get("primary") or (rows[0]["folder"] if rows else None)  # as the report reads it
+        if primary is None:
+            raise NolabelError(f"{summary_file}: lists no clustering")
+        return load_clustering(recorded(primary))
+    if not path.is_dir():
+        raise NolabelError(f"{path}: no such folder; pass a run folder (nolabel run) or a clustering folder")
+    raise NolabelError(f"{path}: neither a run folder (no {SUMMARY_JSON}) nor a clustering folder (no "
+                       f"{CLUSTERING_JSON}); wait for the run to finish or pass its folder")
+
+
+def recorded_folder(run_dir: str | os.PathLike, summary: dict[str, Any], folder: str) -> Path:
+    """A folder that `run_dir`'s summary.json records (absolute, or relative to where the run was
+    made): re-rooted in `run_dir` when it lay inside the folder the run was made in - always, even when
+    the recorded path still exists, so a copied run reads its own clusterings, not the original's; a
+    folder outside the run as recorded."""
+    try:
+        return Path(run_dir) / Path(folder).relative_to(summary["folder"])
+    except (KeyError, ValueError):
+        return Path(folder)
 
 
 def assign(clustering: Clustering | str | os.PathLike, features: np.ndarray | FeatureStore | None = None, *,
@@ -226,12 +360,9 @@ def assign(clustering: Clustering | str | os.PathLike, features: np.ndarray | Fe
     if isinstance(features, FeatureStore):
         features = features.features
     if how["kind"] == "centroids":
-        from .cluster.pca import PCA
-
         if features is None:
             raise NolabelError(f"{clustering.path}: a k-means clustering assigns features; pass features")
-        pca_file = clustering.path / "pca.npz"
-        projector = PCA.load(pca_file) if pca_file.is_file() else None
+        projector = clustering_pca(clustering)
         centroids = np.load(clustering.path / "centroids.npy")
         found = [nearest_centroids(centroids, projector.transform(x) if projector is not None else x,
                                    how.get("spherical", False))
@@ -246,6 +377,39 @@ def assign(clustering: Clustering | str | os.PathLike, features: np.ndarray | Fe
                                      selflabel_dir=selflabel, device=device)
         return probabilities.argmax(1).astype(np.int64), probabilities.max(1).astype(np.float64)
     raise NolabelError(f"{clustering.path}: unknown way to assign new images ({how['kind']!r})")
+
+
+def clustering_pca(clustering: Clustering):
+    """The `nolabel.cluster.pca.PCA` a clustering of frozen features projected them with before
+    clustering - k-means' pca.npz, or for SCAN and self-labeling heads the SCAN stage's - or None when
+    it clustered the features as they are (or has no frozen features: whole-network SCAN)."""
+    from .cluster.pca import PCA
+
+    how = clustering.info["assign"]
+    folder = clustering.path / how["scan"] if how["kind"] == "head" else clustering.path
+    path = folder / PCA_FILE
+    return PCA.load(path) if path.is_file() else None
+
+
+def clustered_space(clustering: Clustering, features: np.ndarray) -> np.ndarray:
+    """(M, d) float32: features (M, D) of the clustering's backbone in the space the clustering was
+    made in - through `clustering_pca`, rows L2-normalised for spherical k-means. Where "near" means
+    what it meant to the clustering: the report's map and `nolabel.similar` measure in this space."""
+    pca = clustering_pca(clustering)
+    x = pca.transform(features) if pca is not None else np.asarray(features, dtype=np.float32)
+    if clustering.info["assign"].get("spherical"):
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def clustered_features(clustering: Clustering, source: str, rows: np.ndarray | None = None) -> np.ndarray | None:
+    """(M, d) float32: the stored features of `rows` (default: every row) of `source` in the
+    clustering's space (`clustered_space`); None when the clustering has no stored features
+    (whole-network SCAN, or the feature store is gone)."""
+    store = clustering.store(source)
+    if store is None:
+        return None
+    return clustered_space(clustering, store.features if rows is None else store.features[np.asarray(rows)])
 
 
 def nearest_centroids(centroids: np.ndarray, x: np.ndarray, spherical: bool = False, batch_size: int = 65536

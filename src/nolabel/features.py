@@ -47,7 +47,7 @@ from .store import FEATURES, LABELS, MANIFEST, FeatureStore, write_index, write_
 
 PARTIAL = ".partial"
 DTYPES = ("float16", "float32")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = backends.PRECISIONS
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,20 @@ from .io import slug, write_json, write_text
 SUMMARY_METRICS = ("acc", "nmi", "ari", "ami")
 
 
+# What `nolabel run` runs without a configuration file: the default data through raw pixels,
+# EfficientNet-Lite0 and its multi-level features, K = 10, chosen without labels (SelectConfig's
+# defaults; configs/auto.yaml spells the same out). Raw pixels are a candidate, so no baseline row.
+DEFAULT_RUN_OVERRIDES = ("select={}", "baseline.enabled=false")
+
+
+def default_config(overrides: list[str] = ()) -> RunConfig:
+    """The built-in default run's configuration (`DEFAULT_RUN_OVERRIDES` on the defaults, the default
+    data), then `overrides` (e.g. data.train=SPEC, select.n_clusters=auto)."""
+    given = list(overrides)
+    data = [] if any(o.startswith("data.train=") for o in given) else [f"data.train={default_data()}"]
+    return load_config(None, [*DEFAULT_RUN_OVERRIDES, *data, *given])
+
+
 def default_data() -> str:
     """Fashion-MNIST when its files are here (make install puts them there), else sklearn's digits."""
     from .data import load
@@ -133,6 +147,8 @@ def _stages(job: _Job) -> Iterator[Stage]:
         yield from _feature_stages(job, space, specs, "features")
         methods = ["kmeans"] + ["scan"] * (cfg.scan is not None) + ["selflabel"] * (cfg.selflabel is not None)
         yield from _method_stages(job, space, cfg.kmeans.n_clusters, out, methods, out, "")
+        if cfg.turtle is not None:
+            yield from _turtle_stages(job, [space], specs, cfg.kmeans.n_clusters, out, cfg.selflabel is not None, "")
     else:
         spaces = [_parse_space(name, cfg, out) for name in cfg.select.spaces]
         for space in spaces:
@@ -142,6 +158,10 @@ def _stages(job: _Job) -> Iterator[Stage]:
             for k in cfg.select.candidate_ks():
                 yield from _method_stages(job, space, k, root / f"k{k}", cfg.select.methods, root,
                                           f" {space.name} K={k}")
+        if "turtle" in cfg.select.methods:
+            for k in cfg.select.candidate_ks():
+                yield from _turtle_stages(job, spaces, specs, k, out / "candidates" / "turtle" / f"k{k}",
+                                          "selflabel" in cfg.select.methods, f" K={k}")
         yield Stage("select", out / "select", f"{len(job.rows)} candidates scored without labels by "
                     f"{cfg.select.criterion}", lambda: _select(job, spaces))
     if cfg.baseline.enabled:
@@ -199,6 +219,8 @@ def _select(job: _Job, spaces: list[_Space]) -> None:
     job.primary = chosen["folder"]
     job.selected = {"method": chosen["method"], "n_clusters": chosen["n_clusters"], "criterion": cfg.select.criterion,
                     "score": result["scores"][chosen["method"]][cfg.select.criterion]}
+    if len({row["n_clusters"] for row in candidates}) > 1:
+        job.selected["k_criterion"] = cfg.select.k_criterion
 
 
 def _records(folder: Path) -> dict[str, str]:
@@ -208,14 +230,27 @@ def _records(folder: Path) -> dict[str, str]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The results table: one row per method and dataset, ACC / NMI / ARI / AMI."""
-    header = f"{'method':<42} {'data':<24} {'n':>7} " + " ".join(f"{m.upper():>6}" for m in SUMMARY_METRICS)
+    """The results table: one row per method and dataset, ACC / NMI / ARI / AMI; when the run chose
+    without labels, the criterion's score of each candidate and a * at the chosen one."""
+    selected = summary.get("selected")
+    criterion = selected["criterion"] if selected else None
+    score = f" {criterion[:12]:>12}" if criterion else ""
+    width = max([42] + [len(row["method"]) + 2 * bool(selected) for row in summary["rows"]])
+    header = f"{'method':<{width}} {'data':<24} {'n':>7}{score} " + " ".join(f"{m.upper():>6}" for m in SUMMARY_METRICS)
     lines = [header, "-" * len(header)]
     for row in summary["rows"]:
+        chosen = bool(selected) and row["folder"] == summary.get("primary")
+        method = ("* " if chosen else "  " if selected else "") + row["method"]
         for source in row["sources"]:
             values = source.get("metrics")
             cells = " ".join(f"{values[m]:6.3f}" if values else f"{'-':>6}" for m in SUMMARY_METRICS)
-            lines.append(f"{row['method']:<42} {source['data'][:24]:<24} {source['n']:>7} {cells}")
+            label_free = row.get("label_free", {}).get(criterion) if criterion else None
+            score = (f" {label_free:12.4f}" if label_free is not None else f" {'':>12}") if criterion else ""
+            lines.append(f"{method:<{width}} {source['data'][:24]:<24} {source['n']:>7}{score} {cells}")
+    if selected:
+        how = f"K by {selected['k_criterion']}, then " if selected.get("k_criterion") else ""
+        lines.append(f"* chosen without labels: {how}the best {criterion} among the candidates"
+                     f"{' of that K' if how else ''} (the label metrics only score it)")
     protocol = summary["rows"][0].get("protocol")
     if protocol:
         lines.append(f"protocol: {protocol}")
@@ -288,7 +323,7 @@ def _scan_stages(job: _Job, space: _Space, k: int, root: Path, views_root: Path,
         views[kind] = write_augmented_views(
             cfg.data.train, space.model, views_root / f"views_{kind}", kind=kind, n_views=wanted[kind],
             weights=space.weights, image_size=space.image_size, bf16=cfg.extract.precision == "bf16",
-            seed=scan.random_state, show_progress=job.progress)
+            backend=cfg.extract.backend, seed=scan.random_state, show_progress=job.progress)
 
     for kind in ("weak", "strong"):
         if not network and wanted[kind]:
@@ -324,6 +359,47 @@ def _scan_stages(job: _Job, space: _Space, k: int, root: Path, views_root: Path,
                     train_selflabel)
 
 
+def _turtle_stages(job: _Job, spaces: list[_Space], specs: list[str], k: int, root: Path, selflabel: bool,
+                   label: str) -> Iterator[Stage]:
+    """TURTLE over `spaces` (their feature stages already yielded) and the turtle section's further
+    spaces (extracted here unless already there), then self-labeling of its task encoder when asked;
+    one results row each, scoring the train set and every eval set."""
+    from .cluster.turtle import run_turtle, run_turtle_selflabel
+
+    cfg, out = job.cfg, job.out
+    known = {space.name for space in spaces}
+    extra = [_parse_space(name, cfg, out) for name in cfg.turtle.spaces if name not in known]
+    for space in extra:
+        if space.name not in job.stores:
+            yield from _feature_stages(job, space, specs, f"features {space.name}")
+    spaces = spaces + extra
+    family = " + ".join(space.name + (job.trained_by if space.name == cfg.model.name else "") for space in spaces)
+
+    def sets() -> tuple[list[Path], list[list[Path]]]:  # train folders, then per eval set (one per space)
+        stores = [job.stores[space.name] for space in spaces]
+        return [s[0].path for s in stores], [[s[i].path for s in stores] for i in range(1, len(specs))]
+
+    def train_turtle() -> None:
+        train, evals = sets()
+        run_turtle(root / "turtle", train, pca_components=cfg.turtle.pca,
+                   config=replace(cfg.turtle.library_config(), n_clusters=k), eval_features=evals,
+                   evaluate=cfg.evaluate, force=True, show_progress=job.progress)
+        job.rows.append(_row(job, root / "turtle", family))
+
+    yield Stage(f"turtle{label}", root / "turtle", f"{len(spaces)} space(s), K = {k}, "
+                f"{cfg.turtle.n_restarts} restart(s)", train_turtle)
+    if selflabel:
+        def train_selflabel() -> None:
+            train, evals = sets()
+            run_turtle_selflabel(root / "turtle", root / "turtle_selflabel", train,
+                                 config=cfg.selflabel.library_config(), eval_features=evals, evaluate=cfg.evaluate,
+                                 force=True, show_progress=job.progress)
+            job.rows.append(_row(job, root / "turtle_selflabel", family))
+
+        yield Stage(f"turtle selflabel{label}", root / "turtle_selflabel",
+                    f"confidence > {cfg.selflabel.threshold}", train_selflabel)
+
+
 def _row(job: _Job, folder: Path, backbone: str, primary: bool = True) -> dict[str, Any]:
     """The results row of a clustering stage (any method): each source's metrics under the mapping
     fitted on that source (and, for eval sets, the one fitted on train). `primary`: the run's own
@@ -354,7 +430,8 @@ def _extract(job: _Job, family: str, spec: str, folder: Path, model: str, weight
     cfg = job.cfg
     options = ExtractOptions(batch_size=cfg.extract.batch_size, image_size=image_size,
                              device=cfg.extract.device, dtype=cfg.extract.dtype,
-                             precision=cfg.extract.precision, workers=cfg.extract.workers,
+                             precision=cfg.extract.precision, backend=cfg.extract.backend,
+                             workers=cfg.extract.workers,
                              on_bad_image=cfg.data.on_bad_image)
     job.stores[family].append(extract(spec, model, folder, weights=weights, allow_pickle=cfg.model.trust_checkpoint,
                                       download=cfg.model.download and model == cfg.model.name, options=options,

@@ -17,6 +17,11 @@ same N rows in the same order as ``labels_pred``). The scores were designed for 
 L2-normalised features (e.g. PCA to 64 dimensions, then each row scaled to unit length), where
 cosine and Euclidean geometry agree; a space of very high dimension makes the sampled scores slower.
 
+The choice (`select_clustering`, `choose_clustering`): with candidates of several K, K is that of the
+best candidate by ``k_criterion`` (default ``mean_rank``); among the candidates of that K, the best by
+``criterion`` (default ``consensus``, within that K). benchmarks/label_free.py measures every score
+and rule against labels.
+
 Which rows are used
 -------------------
 One fixed sample ``S`` of ``sample_size`` rows (default ``DEFAULT_SAMPLE_SIZE`` = 10,000; ``None``
@@ -134,7 +139,9 @@ __all__ = [
     "SCORES",
     "Score",
     "balance",
+    "choose_clustering",
     "consensus",
+    "consensus_within_k",
     "davies_bouldin",
     "generalization",
     "knn_consistency",
@@ -601,9 +608,36 @@ def rank_means(scores: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     return {name: float(np.mean(v)) if v else float("nan") for name, v in totals.items()}
 
 
+def consensus_within_k(clusterings: Mapping[str, np.ndarray], n_clusters: Mapping[str, int]) -> dict[str, float]:
+    """`consensus` among the candidates of the same number of clusters (AMI between clusterings of
+    different K mostly measures the difference in K); NaN for a candidate alone at its K."""
+    result = {}
+    for k in sorted(set(n_clusters.values())):
+        group = {name: labels for name, labels in clusterings.items() if n_clusters[name] == k}
+        result.update(consensus(group) if len(group) > 1 else dict.fromkeys(group, float("nan")))
+    return {name: result[name] for name in clusterings}
+
+
+def choose_clustering(scores: Mapping[str, Mapping[str, float]], n_clusters: Mapping[str, int], criterion: str,
+                      k_criterion: str) -> str:
+    """The chosen candidate: when the candidates have several numbers of clusters, K is that of the
+    best candidate by `k_criterion` over all of them; then the best by `criterion` among the
+    candidates of that K (`choose`), ties broken by `k_criterion` (two candidates of a K have the same
+    consensus)."""
+    if len(set(n_clusters.values())) > 1:
+        k = n_clusters[choose(scores, k_criterion)]
+        scores = {name: s for name, s in scores.items() if n_clusters[name] == k}
+    best = scores[choose(scores, criterion)][criterion]
+    tied = {name: s for name, s in scores.items() if s[criterion] == best}
+    return choose(tied, k_criterion) if len(tied) > 1 else next(iter(tied))
+
+
 def choose(scores: Mapping[str, Mapping[str, float]], criterion: str) -> str:
     """The candidate with the best `criterion` (its orientation: Davies-Bouldin lower, all others
-    higher); ties go to the first named. Candidates whose criterion is NaN are never chosen."""
+    higher); ties go to the first named. Candidates whose criterion is NaN are never chosen; a lone
+    candidate is chosen whatever its scores (a rank among one is undefined)."""
+    if len(scores) == 1:
+        return next(iter(scores))
     lower = criterion in SCORES and not SCORES[criterion].higher_is_better
     finite = {name: s[criterion] for name, s in scores.items() if np.isfinite(s[criterion])}
     if not finite:
@@ -648,14 +682,15 @@ def select_clustering(out: str | os.PathLike, candidates: Mapping[str, str | os.
                                   cache=cache)
         means[name] = {score: value["mean"] for score, value in scored["scores"].items()}
         per_space[name] = {score: value["per_space"] for score, value in scored["scores"].items()}
-    agreement = consensus(train) if len(train) > 1 else {name: float("nan") for name in train}
+    n_clusters = {name: c.n_clusters for name, c in clusterings.items()}
+    agreement = consensus_within_k(train, n_clusters)
     ranks = rank_means(means)
     for name in means:
         means[name]["consensus"] = agreement[name]
         means[name]["mean_rank"] = ranks[name]
-    chosen = choose(means, config.criterion)
-    write_json(out / "scores.json", {"criterion": config.criterion, "chosen": chosen, "scores": means,
-                                     "per_space": per_space, "spaces": list(prepared),
-                                     "seconds": round(time.perf_counter() - started, 2)})
+    chosen = choose_clustering(means, n_clusters, config.criterion, config.k_criterion)
+    write_json(out / "scores.json", {"criterion": config.criterion, "k_criterion": config.k_criterion,
+                                     "chosen": chosen, "scores": means, "per_space": per_space,
+                                     "spaces": list(prepared), "seconds": round(time.perf_counter() - started, 2)})
     record.finish(out, "select", inputs)
     return {"scores": means, "chosen": chosen}

@@ -22,9 +22,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("pretrain", "train a backbone from scratch with SimCLR (SCAN's pretext step)"),
     "scan": ("scan", "SCAN: mine neighbours, train clustering heads, keep the lowest-loss head"),
     "selflabel": ("selflabel", "self-labeling after SCAN on confident predictions"),
+    "turtle": ("turtle", "TURTLE: the labelling whose linear classifiers fit best in several feature spaces"),
     "deepcluster": ("deepcluster", "train a backbone with DeepCluster v1 or v2"),
     "evaluate": ("evaluate", "score cluster assignments against labels"),
     "report": ("report", "write the HTML report of a run"),
+    "export": ("export", "copy or link a run's images into one folder per cluster"),
+    "predict": ("predict", "assign new images to a run's clusters"),
+    "similar": ("similar", "list a run's images nearest to an image"),
 }
 
 

@@ -1,4 +1,5 @@
-"""Nearest-neighbour mining for SCAN: the top-K cosine neighbours of every feature vector.
+"""Nearest neighbours by cosine similarity: SCAN's mining (the top-K neighbours of every feature
+vector) and the search for given query vectors (`nolabel similar`).
 
 Features are L2-normalised chunk by chunk and searched with faiss inner-product indexes, in chunks
 on both sides: the database is indexed `db_chunk` rows at a time and every query chunk keeps a
@@ -7,6 +8,7 @@ running top-K, so memory stays at O(db_chunk * D + query_chunk * K) whatever N i
 A GPU is used when faiss has one (`gpu=None`), each chunk sized to fit it.
 
     neighbors = mine_neighbors(features, n_neighbors=20)  # int64 (N, 20), self excluded
+    similarity, rows = search_neighbors(features, queries, 20)   # (M, 20) each: the queries' neighbours
     neighbor_purity(neighbors, labels)                    # share of neighbours with the anchor's label
 """
 from __future__ import annotations
@@ -36,17 +38,42 @@ def mine_neighbors(features: np.ndarray, n_neighbors: int = 20, *, query_chunk: 
     features = np.asarray(features) if not isinstance(features, np.memmap) else features
     if features.ndim != 2:
         raise NolabelError(f"features must be a (N, D) array, got shape {features.shape}")
-    n, d = features.shape
+    n = len(features)
     if not 1 <= n_neighbors < n:
         raise NolabelError(f"n_neighbors must be between 1 and N - 1 = {n - 1}, got {n_neighbors}")
+    _, found = search_neighbors(features, features, n_neighbors, exclude=np.arange(n), query_chunk=query_chunk,
+                                db_chunk=db_chunk, gpu=gpu, threads=threads, show_progress=show_progress)
+    return found
+
+
+def search_neighbors(database: np.ndarray, queries: np.ndarray, n_neighbors: int, *,
+                     exclude: np.ndarray | None = None, query_chunk: int = 65_536, db_chunk: int = 262_144,
+                     gpu: bool | None = None, threads: int | None = None,
+                     show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine similarities float32 (M, k), indices int64 (M, k)) of the rows of `database` (N, D) most
+    similar to each row of `queries` (M, D), most similar first; k = min(n_neighbors, N).
+
+    exclude: (M,) int, a database row to leave out of each query's neighbours (the query's own row;
+    -1 for none); k is then min(n_neighbors, N - 1), and a query whose excluded row is not among its
+    nearest (an exact duplicate took its place) loses its last neighbour instead.
+    Both may be memmaps of any float dtype; the database is indexed `db_chunk` rows at a time and each
+    query chunk keeps a running top-k. gpu: None = use one when faiss sees one.
+    """
+    if database.ndim != 2 or queries.ndim != 2 or database.shape[1] != queries.shape[1]:
+        raise NolabelError(f"database and queries must be (N, D) and (M, D), got {database.shape} and {queries.shape}")
+    if n_neighbors < 1:
+        raise NolabelError(f"n_neighbors must be at least 1, got {n_neighbors}")
+    if exclude is not None and np.shape(exclude) != (len(queries),):
+        raise NolabelError(f"exclude must hold one row per query, ({len(queries)},), got shape {np.shape(exclude)}")
+    n, d = database.shape
+    m, want = len(queries), min(n_neighbors + (exclude is not None), n)
     faiss = import_faiss(threads)  # sets omp_set_num_threads: faiss's OpenMP default ran 5-28x slower here
     use_gpu = gpu_count(faiss) > 0 if gpu is None else gpu
     if use_gpu and gpu_count(faiss) == 0:
         raise NolabelError("gpu=True but faiss sees no GPU (is faiss-gpu installed?)")
     resources = faiss.StandardGpuResources() if use_gpu else None
-    want = n_neighbors + 1  # the row itself comes back too
-    best_sim = np.full((n, want), -np.inf, dtype=np.float32)
-    best_idx = np.full((n, want), -1, dtype=np.int64)
+    best_sim = np.full((m, want), -np.inf, dtype=np.float32)
+    best_idx = np.full((m, want), -1, dtype=np.int64)
 
     db_starts = range(0, n, db_chunk)
     if show_progress:
@@ -58,11 +85,11 @@ def mine_neighbors(features: np.ndarray, n_neighbors: int = 20, *, query_chunk: 
         index = faiss.IndexFlatIP(d)
         if resources is not None:
             index = faiss.index_cpu_to_gpu(resources, 0, index)
-        index.add(_normalized(features, db_start, db_stop))
+        index.add(_normalized(database, db_start, db_stop))
         search_k = min(want, db_stop - db_start)
-        for q_start in range(0, n, query_chunk):
-            q_stop = min(n, q_start + query_chunk)
-            sim, idx = index.search(_normalized(features, q_start, q_stop), search_k)
+        for q_start in range(0, m, query_chunk):
+            q_stop = min(m, q_start + query_chunk)
+            sim, idx = index.search(_normalized(queries, q_start, q_stop), search_k)
             idx = idx + db_start
             # Merge with the running top-k of this query chunk.
             all_sim = np.concatenate([best_sim[q_start:q_stop], sim], axis=1)
@@ -71,19 +98,21 @@ def mine_neighbors(features: np.ndarray, n_neighbors: int = 20, *, query_chunk: 
             best_sim[q_start:q_stop] = np.take_along_axis(all_sim, order, 1)
             best_idx[q_start:q_stop] = np.take_along_axis(all_idx, order, 1)
         del index
-    return _drop_self(best_idx, n_neighbors)
+    if exclude is None:
+        return best_sim, best_idx
+    return _drop_excluded(best_sim, best_idx, np.asarray(exclude, dtype=np.int64))
 
 
-def _drop_self(candidates: np.ndarray, k: int) -> np.ndarray:
-    """Remove each row's own index from its k+1 candidates (the last one when it is absent)."""
-    rows = np.arange(len(candidates))[:, None]
-    is_self = candidates == rows
-    # Rows where self was not found (ties with duplicates) drop their last candidate instead.
-    is_self[~is_self.any(1), -1] = True
-    first_self = is_self.argmax(1)
-    keep = np.ones_like(is_self)
-    keep[np.arange(len(candidates)), first_self] = False
-    return candidates[keep].reshape(len(candidates), k)
+def _drop_excluded(similarity: np.ndarray, candidates: np.ndarray, exclude: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each query's excluded row from its candidates (M, k + 1), or its last candidate when the
+    row is absent (ties with duplicates, or nothing excluded): (M, k) each."""
+    is_out = candidates == exclude[:, None]
+    is_out[~is_out.any(1), -1] = True
+    keep = np.ones_like(is_out)
+    keep[np.arange(len(candidates)), is_out.argmax(1)] = False
+    shape = (len(candidates), candidates.shape[1] - 1)
+    return similarity[keep].reshape(shape), candidates[keep].reshape(shape)
 
 
 def neighbor_purity(neighbors: np.ndarray, labels: np.ndarray, k: int | None = None) -> float:

@@ -4,7 +4,8 @@
     features = forward(x)        # normalised float (B, 3, S, S), Tensor or array -> (B, D) float32 array
     forward.backend              # "openvino": what "auto" chose
 
-- `torch`: the backbone itself, channels_last on a CPU, bf16 by autocast. The only backend on a GPU.
+- `torch`: the backbone itself, channels_last on a CPU, bf16 by autocast; fp32 with TF32 turned off
+  (cuDNN's default for fp32 convolutions on a GPU). The only backend on a GPU.
 - `onnxruntime`: the backbone exported to ONNX, run by ONNX Runtime's CPU provider; fp32 only
   (its CPU kernels have no bf16 convolutions).
 - `openvino`: the same ONNX graph converted to OpenVINO's format (weights kept in fp32), run by
@@ -174,12 +175,27 @@ class TorchForward(Forward):
         x = torch.as_tensor(x).to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    enabled=self.precision == "bf16"):
+        reduced = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16" else _full_fp32()
+        with torch.inference_mode(), reduced:
             return self.module(x).float().cpu().numpy()
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "backend_version": torch.__version__}
+
+
+@contextlib.contextmanager
+def _full_fp32():
+    """fp32 convolutions and matrix products computed in fp32: cuDNN runs fp32 convolutions in TF32
+    by default (on Ampere and later GPUs, ~1e-3 relative error), and `torch.set_float32_matmul_precision`
+    lets matrix products use TF32 or bf16. Both settings are restored afterwards."""
+    saved = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved[0]
+        torch.set_float32_matmul_precision(saved[1])
 
 
 def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:

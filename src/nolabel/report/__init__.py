@@ -3,15 +3,20 @@
     >>> write_report("runs/default")            # -> runs/default/report.html
 
 It shows what was run (data, model, weights, settings, time per stage), the metrics table with the
-protocol named, a clusters x classes heatmap, the cluster sizes, and a cluster browser: for every
-cluster a montage of its most typical images (closest to the centroid) and a few random ones, its
-size, and - where labels exist - the class it maps to and its purity. Sweep plots (any PNG in the
+protocol named, a clusters x classes heatmap, the cluster sizes, a 2-D map of the images (UMAP of the
+clustered features, `embedding.py`; hovering shows an image, clicking opens its cluster), and a cluster
+browser: for every cluster a montage of its most typical images (closest to the centroid), its least
+typical and a few random ones, its size, and - where labels exist - the class it maps to and its
+purity (`nolabel.clustering.outliers`' ordering); the run's most uncertain images (`outliers`); and,
+on clicking any image, its most similar images (`nolabel.similar.SimilarityIndex`, as `nolabel
+similar` finds them; precomputed for the images shown). Sweep plots (any PNG in the
 run folder) and training curves (any history.json) follow.
 
 The page is one file with everything inline. The cluster browser is drawn by a small inline script
 a page of clusters at a time, so 1000 clusters open as fast as 50; when the montages together would
 exceed `max_embedded_bytes`, they go to a `<report>_files/` folder beside the page instead of being
-embedded, and the browser loads only the current page's.
+embedded, and the browser loads only the current page's. The map's embedding is cached in
+`<report>_map/` beside the page (with its record), so writing the report again does not recompute it.
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ import numpy as np
 from ..errors import NolabelError
 from ..io import read_json, write_text
 from .collect import ClusterResult, RunFolder, SourceAssignments, read_run
-from .montage import Sprite, image_reader, pick_members, render_sprite, tile_size
+from .embedding import MAP_POINTS
+from .montage import SHEET_COLUMNS, Sprite, Thumbnails, image_reader, pick_members, render_sprite, tile_size
 from .page import GENERATOR, Figure, MetricsTable, Page, Selection, data_uri, render
 
 __all__ = ["write_report"]
@@ -36,6 +42,7 @@ REPORT_NAME = "report.html"
 MAX_FOUND_PLOTS = 24
 MAX_PLOT_BYTES = 4 << 20
 THUMBNAILS_MARKER = ".nolabel-report"  # marks a thumbnails folder as the report's own
+SHEET_THUMB_PX = 40  # largest side of the map's and the similar-images panel's thumbnails
 
 
 def write_report(
@@ -45,6 +52,10 @@ def write_report(
     source: str = "train",
     n_typical: int = 8,
     n_random: int = 4,
+    n_atypical: int = 4,
+    n_uncertain: int = 24,
+    n_similar: int = 8,
+    map_points: int = MAP_POINTS,
     thumb_px: int = 64,
     page_size: int = 50,
     max_embedded_bytes: int = 8 << 20,
@@ -58,10 +69,15 @@ def write_report(
     stage, e.g. self-labeling after SCAN); the browser's selector switches to every other clustering
     of the run. out: the HTML file (default RUN_DIR/report.html). An earlier nolabel report there is
     replaced; any other file is refused unless `force`. source: whose images the cluster browser
-    shows ("train", or an eval source's name). n_typical / n_random: images per cluster montage. thumb_px: largest
-    thumbnail side in pixels. page_size: clusters per page of the browser.
+    shows ("train", or an eval source's name). n_typical / n_atypical / n_random: images per cluster
+    montage (most typical, least typical, random). n_uncertain: the clustering's least confident images
+    listed. n_similar: nearest images precomputed for every image shown (0: none). map_points: images
+    on the 2-D map of the primary clustering's train images (a seeded random sample beyond; 0: no map).
+    thumb_px: largest thumbnail side in pixels. page_size: clusters per page of the browser.
     """
-    for name, value, low in (("n_typical", n_typical, 0), ("n_random", n_random, 0), ("thumb_px", thumb_px, 8),
+    for name, value, low in (("n_typical", n_typical, 0), ("n_random", n_random, 0), ("n_atypical", n_atypical, 0),
+                             ("n_uncertain", n_uncertain, 0), ("n_similar", n_similar, 0),
+                             ("map_points", map_points, 0), ("thumb_px", thumb_px, 8),
                              ("page_size", page_size, 1), ("max_embedded_bytes", max_embedded_bytes, 0)):
         if not isinstance(value, int) or value < low:
             raise NolabelError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -74,20 +90,31 @@ def write_report(
                            f"choose one of {', '.join(main.sources)}")
 
     warnings: list[str] = []
+    readers = _Readers(warnings)
+    thumbnails = Thumbnails()
+    map_data, map_note = _map(run, out.with_name(f"{out.stem}_map"), map_points, seed, readers, thumbnails)
+    counts = {"typical": n_typical, "atypical": n_atypical, "random": n_random, "uncertain": n_uncertain,
+              "similar": n_similar}
     browsers, sprites = [], {}
     for index, result in enumerate(run.results):
         shown = source if source in result.assignments else "train"
-        browser, found = _cluster_browser(result, shown, n_typical, n_random, thumb_px, seed, progress, warnings)
-        browsers.append({"name": result.method, "note": _browser_note(result, shown, n_typical, n_random, page_size,
+        browser, found = _cluster_browser(result, shown, counts, thumb_px, seed, progress, readers, thumbnails)
+        browsers.append({"name": result.method, "note": _browser_note(result, shown, counts, page_size,
                                                                        len(browser["clusters"])), **browser})
         sprites.update({(index, cluster): sprite for cluster, sprite in found.items()})
+    sheets = thumbnails.render(min(thumb_px, SHEET_THUMB_PX), progress)
     files_dir = out.with_name(f"{out.stem}_files")
-    embed = sum(len(s.data) for s in sprites.values()) <= max_embedded_bytes
+    files = {_sprite_name(index, cluster, sprite): sprite for (index, cluster), sprite in sprites.items()}
+    files.update({f"thumbnails-{i:04d}.webp": sheet for i, sheet in enumerate(sheets)})
+    embed = sum(len(s.data) for s in files.values()) <= max_embedded_bytes
+
+    def url(name: str) -> str:
+        return data_uri(files[name].data, files[name].mime) if embed else f"{quote(files_dir.name)}/{quote(name)}"
+
     for index, browser in enumerate(browsers):
         for c in browser["clusters"]:
             sprite = sprites.get((index, c["id"]))
-            c["sprite"] = (None if sprite is None else data_uri(sprite.data, sprite.mime) if embed
-                           else f"{quote(files_dir.name)}/{_sprite_name(index, c['id'], sprite)}")
+            c["sprite"] = None if sprite is None else url(_sprite_name(index, c["id"], sprite))
 
     page = Page(
         title=run.name,
@@ -102,7 +129,10 @@ def write_report(
         heatmaps=[figure for index, result in enumerate(run.results) for figure in _heatmaps(result, index)],
         sizes=[_sizes_figure(result, source if source in result.assignments else "train", index)
                for index, result in enumerate(run.results)],
-        clusters={"clusterings": browsers, "primary": run.primary, "page_size": page_size},
+        clusters={"clusterings": browsers, "primary": run.primary, "page_size": page_size, "map": map_data,
+                  "thumbs": {"sheets": [url(f"thumbnails-{i:04d}.webp") for i in range(len(sheets))],
+                             "tile_px": [sheet.tile_px for sheet in sheets], "columns": SHEET_COLUMNS}},
+        map_note=map_note,
         warnings=warnings,
         figures=_found_figures(run.path),
         details=_details(run),
@@ -110,7 +140,7 @@ def write_report(
     )
     html = render(page)
     if not embed:
-        _write_sprites(files_dir, sprites)
+        _write_files(files_dir, files)
     elif files_dir.is_dir() and (files_dir / THUMBNAILS_MARKER).exists():
         shutil.rmtree(files_dir)  # an earlier report's thumbnails, no longer referenced
     write_text(out, html)
@@ -129,13 +159,13 @@ def _sprite_name(clustering: int, cluster: int, sprite: Sprite) -> str:
     return f"clustering-{clustering}-cluster-{cluster:05d}.{'png' if sprite.mime == 'image/png' else 'jpg'}"
 
 
-def _write_sprites(files_dir: Path, sprites: dict[tuple[int, int], Sprite]) -> None:
+def _write_files(files_dir: Path, files: dict[str, Sprite]) -> None:
     """Write the thumbnails into a fresh folder, then swap it in for any earlier one."""
     files_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{files_dir.name}.", dir=files_dir.parent))
     (staging / THUMBNAILS_MARKER).write_text("thumbnails of the report beside this folder\n", encoding="utf-8")
-    for (clustering, cluster), sprite in sprites.items():
-        (staging / _sprite_name(clustering, cluster, sprite)).write_bytes(sprite.data)
+    for name, sprite in files.items():
+        (staging / name).write_bytes(sprite.data)
     if files_dir.exists():
         if not (files_dir / THUMBNAILS_MARKER).exists():
             shutil.rmtree(staging)
@@ -281,7 +311,7 @@ def _selection(run: RunFolder) -> Selection | None:
     from .plots import scores_against_k
 
     candidates = [row for row in run.summary["rows"] if row.get("label_free")]
-    criterion = selected["criterion"]
+    criterion, k_criterion = selected["criterion"], selected.get("k_criterion")
     scores = [criterion] + [name for name in candidates[0]["label_free"] if name != criterion]
     labelled = any(row["sources"][0].get("metrics") for row in candidates)
     header = ["candidate", "K"] + [name.replace("_", " ") for name in scores] + (
@@ -294,18 +324,21 @@ def _selection(run: RunFolder) -> Selection | None:
     chosen = next(i for i, row in enumerate(candidates) if row["method"] == selected["method"])
     note = (f"{len(candidates)} candidate clusterings (feature space x number of clusters x method) were each "
             f"scored without labels in every candidate feature space, and the scores averaged over the spaces "
-            f"(a clustering scored only in its own space always looks best). Chosen by {criterion.replace('_', ' ')}: "
-            f"{selected['method']} ({selected['score']:.3f}).")
+            f"(a clustering scored only in its own space always looks best). "
+            + (f"K = {selected['n_clusters']} chosen by {k_criterion.replace('_', ' ')}, then among the candidates "
+               f"of that K c" if k_criterion else "C")
+            + f"hosen by {criterion.replace('_', ' ')}: {selected['method']} ({selected['score']:.3f}).")
     if labelled:
         note += " The label columns are shown for reference only: labels never influence the choice."
+    by_k = k_criterion or criterion  # the score that chose K
     points: dict[str, list[tuple[int, float]]] = {}
     for row in candidates:  # one line per space x method
-        points.setdefault(row["family"], []).append((row["n_clusters"], row["label_free"][criterion]))
+        points.setdefault(row["family"], []).append((row["n_clusters"], row["label_free"][by_k]))
     figures = []
     if any(len(v) > 1 for v in points.values()):
         chosen_row = candidates[chosen]
-        figures.append(Figure(scores_against_k(points, criterion, (chosen_row["family"], chosen_row["n_clusters"])),
-                              f"{criterion.replace('_', ' ')} against the number of clusters; circled: the choice",
+        figures.append(Figure(scores_against_k(points, by_k, (chosen_row["family"], chosen_row["n_clusters"])),
+                              f"{by_k.replace('_', ' ')} against the number of clusters; circled: the choice",
                               "label-free score against the number of clusters", wide=True))
     return Selection(header, rows, chosen, note, figures)
 
@@ -404,9 +437,68 @@ def _sizes_figure(result: ClusterResult, source: str, index: int) -> Figure:
 
 # ---- cluster browser ------------------------------------------------------------------------------
 
-def _cluster_browser(result: ClusterResult, source: str, n_typical: int, n_random: int, thumb_px: int,
-                     seed: int, progress: bool, warnings: list[str]) -> tuple[dict, dict[int, Sprite]]:
-    """The JSON the page's script renders (without sprite URLs), and {cluster: its montage}."""
+class _Readers:
+    """One image reader per dataset, loaded on first use; a dataset that cannot be loaded is warned
+    about once and read as None."""
+
+    def __init__(self, warnings: list[str]):
+        self.warnings = warnings
+        self.found: dict[str, tuple] = {}
+
+    def __call__(self, result: ClusterResult, source: str):
+        """(row -> image, None) for `source`'s images, or (None, why not)."""
+        spec = result.clustering.dataset(source)
+        if spec not in self.found:
+            try:
+                self.found[spec] = (image_reader(spec, result.assignments[source].items), None)
+            except NolabelError as e:
+                self.found[spec] = (None, f"no images: the dataset could not be loaded ({e})")
+                self.warnings.append(f"Montages left out: the dataset of {source} could not be loaded "
+                                     f"({result.method}): {e}")
+        return self.found[spec]
+
+
+def _map(run: RunFolder, cache_dir: Path, map_points: int, seed: int, readers: _Readers,
+         thumbnails: Thumbnails) -> tuple[dict | None, str | None]:
+    """The map's JSON for the page's script (None without a map) and its caption or why there is none."""
+    from .embedding import embed_map
+
+    if map_points == 0:
+        return None, None
+    main = run.main
+    try:
+        found = embed_map(main.clustering, "train", cache_dir, max_points=map_points, seed=seed)
+    except NolabelError as e:
+        return None, f"No map: {e}."
+    a = main.assignments["train"]
+    read, _ = readers(main, "train")
+    spec = main.clustering.dataset("train")
+    thumbs = [thumbnails.add(spec, a.items[row], read, int(row)) if read else -1 for row in found.rows]
+    # colour by every clustering of the same train images, so the map follows the browser's selector
+    coloured = [r.assignments["train"].cluster[found.rows].tolist()
+                if "train" in r.assignments and r.assignments["train"].items == a.items else None
+                for r in run.results]
+    sampled = (f"a uniform random sample of {len(found.rows):,} of the {found.n_total:,} train images "
+               f"(seed {seed})" if len(found.rows) < found.n_total else f"all {found.n_total:,} train images")
+    how = (f"reused from {cache_dir.name}/, computed earlier in {found.seconds:.1f} s" if found.cached
+           else f"computed in {found.seconds:.1f} s, cached in {cache_dir.name}/")
+    umap = ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in found.settings.items())
+    note = (f"UMAP ({umap}) of {sampled} in the space "
+            f"{main.method} clustered them ({found.space}); {how}. Colour: cluster. Hover a point to see "
+            "its image; click it to open its cluster below.")
+    return {"x": np.round(found.xy[:, 0], 4).tolist(), "y": np.round(found.xy[:, 1], 4).tolist(),
+            "items": [a.items[row] for row in found.rows], "thumb": thumbs, "clusters": coloured}, note
+
+
+def _cluster_browser(result: ClusterResult, source: str, counts: dict[str, int], thumb_px: int, seed: int,
+                     progress: bool, readers: _Readers, thumbnails: Thumbnails) -> tuple[dict, dict[int, Sprite]]:
+    """The JSON the page's script renders (without sprite URLs), and {cluster: its montage}.
+
+    counts: images per cluster ("typical", "atypical", "random"), the least confident images listed
+    ("uncertain") and nearest images per image shown ("similar")."""
+    from ..clustering import outliers
+    from ..similar import SimilarityIndex
+
     a = result.assignments[source]
     k = max(int(a.cluster.max()) + 1, result.clustering.n_clusters)
     sizes = np.bincount(a.cluster, minlength=k)
@@ -416,21 +508,45 @@ def _cluster_browser(result: ClusterResult, source: str, n_typical: int, n_rando
     labelled = a.has_labels
     names = _class_names(result, source) if labelled else []
     if labelled:
-        counts = _contingency(a, k, len(names))
+        counts_by_class = _contingency(a, k, len(names))
         mapped = _mapped_classes(a, result.mapping)
 
-    members = pick_members(a, n_typical, n_random, seed)
+    members = pick_members(a, counts["typical"], counts["random"], seed, n_atypical=counts["atypical"])
+    uncertain = outliers(result.clustering, source=source, n_per_cluster=0,
+                         n_uncertain=counts["uncertain"]).uncertain
     sprites, images_note = {}, None
-    if n_typical + n_random == 0:
+    read, why = readers(result, source)
+    if counts["typical"] + counts["atypical"] + counts["random"] == 0:
         images_note = "montages turned off"
+    elif read is None:
+        images_note = why
     else:
-        try:
-            read = image_reader(result.clustering.dataset(source), a.items)
-        except NolabelError as e:
-            images_note = f"no images: the dataset could not be loaded ({e})"
-            warnings.append(f"Montages left out: the dataset of {source} could not be loaded ({result.method}): {e}")
-        else:
-            sprites = _render_sprites(members, read, thumb_px, progress)
+        sprites = _render_sprites(members, read, thumb_px, progress)
+
+    # every image shown (montages, the uncertain list) with its most similar images
+    shown_rows = np.array([m.row for chosen in members.values() for m in chosen] + uncertain.tolist(), np.int64)
+    similar_note, neighbours = None, None
+    if not counts["similar"]:
+        similar_note = "similar images turned off"
+    elif result.clustering.store(source) is None:
+        similar_note = "no similar images: the clustering has no stored features"
+    else:
+        neighbours = SimilarityIndex(result.clustering, source).of_rows(shown_rows, counts["similar"])[1]
+    images: list[list] = []  # [name, cluster, confidence, thumbnail id (-1: none), [similar images]]
+    at: dict[int, int] = {}
+    spec = result.clustering.dataset(source)
+
+    def image(row: int) -> int:
+        if row not in at:
+            at[row] = len(images)
+            images.append([a.items[row], int(a.cluster[row]), round(float(a.confidence[row]), 4),
+                           thumbnails.add(spec, a.items[row], read, row) if read else -1, []])
+        return at[row]
+
+    for i, row in enumerate(shown_rows.tolist()):
+        entry = image(row)
+        if neighbours is not None and not images[entry][4]:
+            images[entry][4] = [image(int(r)) for r in neighbours[i]]
 
     clusters = []
     for cluster in range(k):
@@ -438,7 +554,7 @@ def _cluster_browser(result: ClusterResult, source: str, n_typical: int, n_rando
                  "mapped": None, "mapped_rank": k, "majority": None, "purity": None, "labelled": 0, "top": [],
                  "tile_px": 0, "tiles": []}
         if labelled:
-            row = counts[cluster]
+            row = counts_by_class[cluster]
             entry["labelled"] = int(row.sum())
             if row.sum():
                 top = np.argsort(-row, kind="stable")[:3]
@@ -448,13 +564,14 @@ def _cluster_browser(result: ClusterResult, source: str, n_typical: int, n_rando
         sprite = sprites.get(cluster)
         if sprite is not None:
             entry["tile_px"] = sprite.tile_px
-            entry["tiles"] = [{"name": a.items[m.row], "kind": m.kind, "ok": ok}
+            entry["tiles"] = [{"name": a.items[m.row], "kind": m.kind, "ok": ok, "image": at[m.row]}
                               for m, ok in zip(members[cluster], sprite.readable)]
         clusters.append(entry)
     return {"labelled": labelled, "images_note": images_note, "centroids": centroids,
             "classes": sorted({c["mapped"] for c in clusters if c["mapped"] is not None},
                               key=names.index) if labelled else [],
-            "clusters": clusters}, sprites
+            "clusters": clusters, "images": images, "uncertain": [at[row] for row in uncertain.tolist()],
+            "similar_note": similar_note}, sprites
 
 
 def _render_sprites(members, read, thumb_px: int, progress: bool) -> dict:
@@ -468,15 +585,20 @@ def _render_sprites(members, read, thumb_px: int, progress: bool) -> dict:
     return sprites
 
 
-def _browser_note(result: ClusterResult, source: str, n_typical: int, n_random: int, page_size: int,
-                  k: int) -> str:
+def _browser_note(result: ClusterResult, source: str, counts: dict[str, int], page_size: int, k: int) -> str:
     a = result.assignments[source]
-    typical = ("closest to its centre (in the clustered feature space)" if np.isfinite(a.distance).all()
+    centroids = np.isfinite(a.distance).all()
+    typical = ("closest to its centre (in the clustered feature space)" if centroids
                else "the clustering is most confident of")
+    atypical = "farthest from it" if centroids else "least confident of"
     text = (f"{result.method}: images of {source} ({result.clustering.dataset(source)}): per cluster the "
-            f"{n_typical} {typical} and {n_random} drawn at random from the rest.")
+            f"{counts['typical']} {typical}, the {counts['atypical']} {atypical} and {counts['random']} drawn at "
+            "random from the rest.")
     if a.has_labels:
         text += " Purity: share of the cluster's labelled images in its majority class."
+    if counts["similar"]:
+        text += (f" Click an image for its {counts['similar']} most similar images (cosine similarity in the "
+                 "clustered feature space, as nolabel similar lists them).")
     if k > page_size:
         text += f" {page_size} clusters per page."
     return text

@@ -2,8 +2,10 @@
 
 The script renders the cluster browser one page at a time from the JSON block `#cluster-data`, so
 a report of 1000 clusters keeps only one page of montages in the document and the browser fetches
-or decodes no other cluster's images. Every value from the data is set with `textContent` or as
-a style property, never parsed as HTML.
+or decodes no other cluster's images. It draws the 2-D map on a <canvas> (hover: the point's image;
+click: its cluster in the browser) and the similar-images panel, both from thumbnail sheets
+(`thumbs`: thumbnail i is tile i % columns² of sheet i // columns², row-major). Every value from
+the data is set with `textContent` or as a style property, never parsed as HTML.
 """
 
 CSS = """
@@ -103,6 +105,39 @@ details.block summary { cursor: pointer; font-weight: 600; }
 pre { font: 12px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; overflow-x: auto;
   margin: 8px 0 0; white-space: pre-wrap; overflow-wrap: anywhere; }
 footer { color: var(--faint); font-size: 12px; padding: 10px 0 40px; }
+.thumb { display: inline-block; flex: none; width: var(--tile); height: var(--tile); border-radius: 3px;
+  background-color: #e2e5ea; background-repeat: no-repeat; }
+.thumb.big { width: 96px; height: 96px; }
+.thumb.pixelated { image-rendering: pixelated; }
+.thumb.missing { background-image: none !important; }
+.clickable { cursor: pointer; }
+.clickable:hover, .clickable:focus-visible { outline: 2px solid var(--accent); outline-offset: 1px; }
+.map-box { position: relative; background: var(--card); border: 1px solid var(--line); border-radius: 10px; }
+#map-canvas { display: block; width: 100%; height: min(620px, 62vw); cursor: crosshair; }
+.map-tip { position: absolute; z-index: 5; pointer-events: none; display: flex; gap: 8px; align-items: flex-start;
+  max-width: 330px; background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 6px;
+  box-shadow: 0 4px 14px rgba(15, 23, 42, .16); font-size: 12px; overflow-wrap: anywhere; }
+.legend { display: flex; flex-wrap: wrap; gap: 4px 6px; margin-top: 8px; font-size: 12px; }
+.legend button { font: inherit; font-size: 12px; padding: 1px 7px; border: 1px solid var(--line); border-radius: 5px;
+  background: #fff; color: var(--ink); cursor: pointer; }
+.legend button.on { border-color: var(--ink); font-weight: 650; }
+.swatch { display: inline-block; width: 9px; height: 9px; border-radius: 2px; margin-right: 4px; }
+.uncertain { background: var(--card); border: 1px solid var(--line); border-radius: 10px; padding: 10px 14px;
+  margin-bottom: 12px; }
+.uncertain .row { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 6px; }
+.uncertain figure, .similar figure { margin: 0; padding: 0; border: 0; background: none; text-align: center;
+  font-size: 11px; color: var(--muted); }
+.similar { position: fixed; z-index: 10; top: 12px; right: 12px; bottom: 12px; width: 360px; overflow-y: auto;
+  background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 12px 14px;
+  box-shadow: 0 8px 30px rgba(15, 23, 42, .22); }
+.similar .close { position: absolute; top: 6px; right: 8px; font-size: 20px; border: 0; background: none;
+  cursor: pointer; color: var(--muted); }
+.similar .query { display: flex; gap: 10px; align-items: flex-start; margin: 4px 24px 10px 0; font-size: 12.5px;
+  overflow-wrap: anywhere; }
+.similar .query button { font: inherit; font-size: 12px; margin-top: 6px; padding: 2px 8px; border: 1px solid #d1d5db;
+  border-radius: 6px; background: #fff; cursor: pointer; }
+.similar .label { font-size: 10.5px; color: var(--faint); text-transform: uppercase; letter-spacing: .06em; }
+.similar .found { display: grid; grid-template-columns: repeat(4, 1fr); gap: 8px 6px; margin-top: 6px; }
 @media (max-width: 760px) {
   .cluster { grid-template-columns: 1fr; } .cluster .meta { grid-row: auto; } details.names { grid-column: 1; }
   :root { --tile: 52px; }
@@ -122,8 +157,15 @@ JS = """
   const findInput = document.getElementById("cluster-find");
   const tilePx = parseInt(getComputedStyle(document.documentElement).getPropertyValue("--tile"), 10) || 64;
   const pageSize = all.page_size;
+  const thumbs = all.thumbs;
+  const map = all.map;
   let data = null;
+  let shownIndex = all.primary;
   const state = { order: "", cls: "", page: 0 };
+  const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf"];
+
+  function colour(c) { return c < PALETTE.length ? PALETTE[c] : "hsl(" + ((c * 137.508) % 360) + ",62%,46%)"; }
 
   const orders = {
     "class": (a, b) => (a.mapped_rank - b.mapped_rank) || (b.size - a.size) || (a.id - b.id),
@@ -148,6 +190,70 @@ JS = """
 
   function percent(x) { return (100 * x).toFixed(x > 0.995 && x < 1 ? 1 : 0) + "%"; }
 
+  // A thumbnail `id` of the sheets, `px` pixels wide (id -1: a grey square).
+  function thumb(id, px, className) {
+    const node = el("span", "thumb" + (className ? " " + className : ""));
+    node.style.width = node.style.height = px + "px";
+    if (id < 0) {
+      node.classList.add("missing");
+      return node;
+    }
+    const perSheet = thumbs.columns * thumbs.columns;
+    const sheet = Math.floor(id / perSheet);
+    const at = id % perSheet;
+    node.style.backgroundImage = 'url("' + thumbs.sheets[sheet] + '")';
+    node.style.backgroundSize = (thumbs.columns * px) + "px auto";
+    const column = at % thumbs.columns, row = Math.floor(at / thumbs.columns);
+    node.style.backgroundPosition = (-column * px) + "px " + (-row * px) + "px";
+    if (thumbs.tile_px[sheet] < px) node.classList.add("pixelated");
+    return node;
+  }
+
+  function clickable(node, action) {
+    node.classList.add("clickable");
+    node.tabIndex = 0;
+    node.setAttribute("role", "button");
+    node.addEventListener("click", action);
+    node.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); action(); }
+    });
+    return node;
+  }
+
+  // ---- similar images: the panel for image `index` of the shown clustering's `images`
+  const panel = document.getElementById("similar");
+
+  function describe(image) {
+    return "cluster #" + image[1] + " \u00b7 confidence " + percent(image[2]);
+  }
+
+  function openSimilar(index) {
+    const image = data.images[index];
+    const query = panel.querySelector(".query");
+    const what = el("div", "what");
+    what.appendChild(el("div", "name", image[0]));
+    what.appendChild(el("div", "note", describe(image)));
+    const open = el("button", "", "open cluster #" + image[1]);
+    open.type = "button";
+    open.addEventListener("click", () => showCluster(image[1]));
+    what.appendChild(open);
+    query.replaceChildren(thumb(image[3], 96, "big"), what);
+    const found = panel.querySelector(".found");
+    found.replaceChildren(...image[4].map((j) => {
+      const other = data.images[j];
+      const figure = el("figure");
+      figure.title = other[0] + " (" + describe(other) + ")";
+      figure.appendChild(thumb(other[3], 72));
+      figure.appendChild(el("figcaption", "", "#" + other[1]));
+      return clickable(figure, () => showCluster(other[1]));
+    }));
+    if (!image[4].length) found.appendChild(el("div", "note", data.similar_note || "none precomputed"));
+    panel.hidden = false;
+  }
+
+  panel.querySelector(".close").addEventListener("click", () => { panel.hidden = true; });
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") panel.hidden = true; });
+
   function visible() {
     const shown = data.clusters.filter((c) => state.cls === "" || c.mapped === state.cls);
     return shown.sort(orders[state.order]);
@@ -161,6 +267,7 @@ JS = """
       tile.title = t.name;
       tile.setAttribute("role", "img");
       tile.setAttribute("aria-label", t.name);
+      if (t.image !== undefined) clickable(tile, () => openSimilar(t.image));
       if (!t.ok || !c.sprite) {
         tile.classList.add("missing");
       } else {
@@ -212,7 +319,8 @@ JS = """
       montage.appendChild(el("div", "noimages", data.images_note || "no images"));
     }
     const typical = data.centroids ? "closest to the centre" : "most confident";
-    [["typical", typical], ["random", "random members"]].forEach(([kind, title]) => {
+    const atypical = data.centroids ? "farthest from the centre" : "least confident";
+    [["typical", typical], ["atypical", atypical], ["random", "random members"]].forEach(([kind, title]) => {
       if (!c.tiles.some((t) => t.kind === kind)) return;
       const group = el("div", "group");
       group.appendChild(el("div", "label", title));
@@ -225,7 +333,8 @@ JS = """
       const names = el("details", "names");
       names.appendChild(el("summary", "", "image names"));
       const ol = el("ol");
-      c.tiles.forEach((t) => ol.appendChild(el("li", "", t.name + (t.kind === "random" ? " (random)" : ""))));
+      const kinds = { typical: "", atypical: " (least typical)", random: " (random)" };
+      c.tiles.forEach((t) => ol.appendChild(el("li", "", t.name + kinds[t.kind])));
       names.appendChild(ol);
       node.appendChild(names);
     }
@@ -263,9 +372,148 @@ JS = """
     pagers.forEach((p) => { p.hidden = pages < 2; drawPager(p, pages); });
   }
 
+  function drawUncertain() {
+    const box = document.getElementById("uncertain");
+    box.hidden = !data.uncertain.length;
+    const row = el("div", "row");
+    data.uncertain.forEach((index) => {
+      const image = data.images[index];
+      const figure = el("figure");
+      figure.title = image[0] + " (" + describe(image) + ")";
+      figure.appendChild(thumb(image[3], tilePx));
+      figure.appendChild(el("figcaption", "", "#" + image[1] + " \u00b7 " + percent(image[2])));
+      row.appendChild(clickable(figure, () => openSimilar(index)));
+    });
+    box.replaceChildren(el("h3", "", "Most uncertain images"), el("div", "note",
+      "The " + data.uncertain.length + " images this clustering is least confident of (confidence: "
+      + (data.centroids ? "the margin between the nearest and second-nearest centre" : "the head's probability")
+      + "). Click one for its nearest images."), row);
+  }
+
+  // Open cluster `id` in the browser (clearing a class filter that hides it); false when it has no card.
+  function showCluster(id) {
+    if (state.cls !== "" && !data.clusters.some((c) => c.id === id && c.mapped === state.cls)) {
+      state.cls = "";
+      if (classSelect) classSelect.value = "";
+    }
+    const at = visible().findIndex((c) => c.id === id);
+    if (at < 0) return false;
+    state.page = Math.floor(at / pageSize);
+    render();
+    const node = document.getElementById("cluster-" + id);
+    node.scrollIntoView({ block: "center" });
+    node.classList.add("flash");
+    mapState.cluster = id;
+    drawMap();
+    return true;
+  }
+
+  // ---- the map: points coloured by the shown clustering's clusters (the primary's when it mapped other images)
+  const canvas = document.getElementById("map-canvas");
+  const tip = document.getElementById("map-tip");
+  const mapState = { cluster: null, sx: null, sy: null };
+
+  function mapClusters() { return map.clusters[shownIndex] || map.clusters[all.primary]; }
+
+  function drawMap() {
+    if (!map || !canvas) return;
+    const dpr = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth, h = canvas.clientHeight;
+    canvas.width = Math.round(w * dpr);
+    canvas.height = Math.round(h * dpr);
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    // positions lie in [0, 1] x [0, 1] with one side spanning all of it: fit them, aspect kept
+    const n = map.x.length, margin = 14;
+    const xMax = Math.max(...map.x) || 1, yMax = Math.max(...map.y) || 1;
+    const scale = Math.max(1, Math.min((w - 2 * margin) / xMax, (h - 2 * margin) / yMax));
+    const ox = (w - scale * xMax) / 2, oy = (h - scale * yMax) / 2;
+    const r = n > 8000 ? 1.4 : n > 1500 ? 2.2 : 3.2;
+    const clusters = mapClusters();
+    mapState.sx = new Float32Array(n);
+    mapState.sy = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      mapState.sx[i] = ox + map.x[i] * scale;
+      mapState.sy[i] = oy + (yMax - map.y[i]) * scale;
+    }
+    // the selected cluster drawn last, over the others
+    const order = [false, true];
+    order.forEach((selectedPass) => {
+      for (let i = 0; i < n; i++) {
+        const selected = mapState.cluster !== null && clusters[i] === mapState.cluster;
+        if (selected !== selectedPass) continue;
+        ctx.globalAlpha = mapState.cluster === null || selected ? 0.85 : 0.13;
+        ctx.fillStyle = colour(clusters[i]);
+        ctx.beginPath();
+        ctx.arc(mapState.sx[i], mapState.sy[i], selected ? r + 0.8 : r, 0, 2 * Math.PI);
+        ctx.fill();
+      }
+    });
+    ctx.globalAlpha = 1;
+    drawLegend(clusters);
+  }
+
+  function drawLegend(clusters) {
+    const legend = document.getElementById("map-legend");
+    const ids = Array.from(new Set(clusters)).sort((a, b) => a - b);
+    const own = Boolean(map.clusters[shownIndex]);
+    const items = [];
+    if (!own) {
+      items.push(el("span", "note", "Coloured by " + all.clusterings[all.primary].name
+        + ": this clustering is of other images, so clicking does not open its clusters."));
+    } else if (ids.length <= 60) {
+      ids.forEach((id) => {
+        const b = el("button", id === mapState.cluster ? "on" : "");
+        b.type = "button";
+        const swatch = el("span", "swatch");
+        swatch.style.background = colour(id);
+        b.appendChild(swatch);
+        b.appendChild(document.createTextNode("#" + id));
+        b.addEventListener("click", () => showCluster(id));
+        items.push(b);
+      });
+    }
+    legend.replaceChildren(...items);
+  }
+
+  function nearestPoint(event) {
+    const box = canvas.getBoundingClientRect();
+    const x = event.clientX - box.left, y = event.clientY - box.top;
+    let best = -1, bestD = 64;  // within 8 px
+    for (let i = 0; i < mapState.sx.length; i++) {
+      const dx = mapState.sx[i] - x, dy = mapState.sy[i] - y, d = dx * dx + dy * dy;
+      if (d < bestD) { best = i; bestD = d; }
+    }
+    return { index: best, x: x, y: y };
+  }
+
+  if (map && canvas) {
+    canvas.addEventListener("mousemove", (event) => {
+      const found = nearestPoint(event);
+      if (found.index < 0) { tip.hidden = true; return; }
+      const i = found.index;
+      tip.replaceChildren(thumb(map.thumb[i], 96, "big"),
+        el("div", "what", "#" + mapClusters()[i] + " \u00b7 " + map.items[i]));
+      tip.hidden = false;
+      const left = found.x + 16 + tip.offsetWidth > canvas.clientWidth ? found.x - 16 - tip.offsetWidth : found.x + 16;
+      tip.style.left = Math.max(0, left) + "px";
+      tip.style.top = Math.max(0, Math.min(found.y - 20, canvas.clientHeight - tip.offsetHeight)) + "px";
+    });
+    canvas.addEventListener("mouseleave", () => { tip.hidden = true; });
+    canvas.addEventListener("click", (event) => {
+      const found = nearestPoint(event);
+      if (found.index >= 0 && map.clusters[shownIndex]) showCluster(mapClusters()[found.index]);
+    });
+    window.addEventListener("resize", drawMap);
+  }
+
   // Show clustering `index`: its clusters, its note, its orders and class filter, and its figures.
   function choose(index) {
     data = all.clusterings[index];
+    shownIndex = index;
+    panel.hidden = true;
+    mapState.cluster = null;
     document.getElementById("cluster-note").textContent = data.note;
     const orderChoices = (data.labelled ? [["class", "mapped class"]] : []).concat(
       [["size", "largest first"], ["small", "smallest first"]],
@@ -281,7 +529,9 @@ JS = """
     document.querySelectorAll("[data-clustering]").forEach((node) => {
       node.hidden = node.getAttribute("data-clustering") !== String(index);
     });
+    drawUncertain();
     render();
+    drawMap();
   }
 
   if (clusteringSelect) {
@@ -291,20 +541,7 @@ JS = """
   if (classSelect) {
     classSelect.addEventListener("change", () => { state.cls = classSelect.value; state.page = 0; render(); });
   }
-  findInput.addEventListener("change", () => {
-    const id = parseInt(findInput.value, 10);
-    if (state.cls !== "" && !data.clusters.some((c) => c.id === id && c.mapped === state.cls)) {
-      state.cls = "";
-      if (classSelect) classSelect.value = "";
-    }
-    const at = visible().findIndex((c) => c.id === id);
-    if (at < 0) return;
-    state.page = Math.floor(at / pageSize);
-    render();
-    const node = document.getElementById("cluster-" + id);
-    node.scrollIntoView({ block: "center" });
-    node.classList.add("flash");
-  });
+  findInput.addEventListener("change", () => showCluster(parseInt(findInput.value, 10)));
   choose(all.primary);
 })();
 """

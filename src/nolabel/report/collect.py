@@ -3,8 +3,9 @@
 A run folder (`nolabel run`) holds summary.json (its results rows, one per clustering, and which
 clustering is the run's primary one), config.yaml and the clustering folders; a clustering folder
 (`nolabel cluster --out DIR`, `nolabel scan --out DIR`, ...) is read by `nolabel.clustering`.
-Paths recorded in summary.json are absolute or relative to where the run was made; when a run folder
-has been moved they are looked up again relative to it.
+Paths recorded in summary.json are absolute or relative to where the run was made; they are found
+as every command finds them (`nolabel.clustering.recorded_folder`): re-rooted in the folder given, so
+a moved or copied run folder shows its own clusterings, never the original's.
 """
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..clustering import CLUSTERING_JSON, Clustering, SourceAssignments, load_clustering
+from ..clustering import (CLUSTERING_JSON, SUMMARY_JSON, Clustering, SourceAssignments, load_clustering,
+                          recorded_folder)
 from ..errors import NolabelError
 from ..io import read_json
-
-SUMMARY_JSON = "summary.json"
 
 __all__ = ["ClusterResult", "RunFolder", "SourceAssignments", "read_run"]
 
@@ -101,8 +101,7 @@ def read_run(path: str | os.PathLike) -> RunFolder:
                            "(nolabel cluster --out, nolabel scan --out, ...)")
     if (path / SUMMARY_JSON).exists():
         summary = read_json(path / SUMMARY_JSON)
-        origin = summary.get("folder")
-        results = [ClusterResult(row["method"], load_clustering(_relocate(row["folder"], origin, path)))
+        results = [ClusterResult(row["method"], load_clustering(recorded_folder(path, summary, row["folder"])))
                    for row in summary.get("rows", [])]
         if not results:
             raise NolabelError(f"{path / SUMMARY_JSON}: lists no clustering")
@@ -119,13 +118,3 @@ def read_run(path: str | os.PathLike) -> RunFolder:
     raise NolabelError(f"{path}: neither a run folder (no {SUMMARY_JSON}) nor a clustering folder "
                        f"(no {CLUSTERING_JSON}); wait for the run to finish or pass its folder")
 
-
-def _relocate(recorded: str, origin: str | None, moved_to: Path | None) -> Path:
-    """`recorded` as it is, or re-rooted from the folder the run was made in to where it is now."""
-    path = Path(recorded)
-    if path.exists() or origin is None or moved_to is None:
-        return path
-    try:
-        return moved_to / path.relative_to(origin)
-    except ValueError:
-        return path

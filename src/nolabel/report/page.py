@@ -59,9 +59,11 @@ class Page:
     heatmaps: list[Figure]
     sizes: list[Figure]
     # the JSON block the script renders: {"clusterings": [{"name", "note", "labelled", "classes",
-    # "clusters", ...}], "primary": index shown first, "page_size": clusters per page}
+    # "clusters", "images", "uncertain", ...}], "primary": index shown first, "page_size": clusters per
+    # page, "map": {"x", "y", "items", "thumb", "clusters"} or None, "thumbs": {"sheets", "tile_px", "columns"}}
     clusters: dict[str, Any]
     selection: Selection | None = None
+    map_note: str | None = None  # the map's caption, or why there is no map; None: no map section
     warnings: list[str] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
     details: list[tuple[str, str]] = field(default_factory=list)
@@ -89,6 +91,8 @@ def render(page: Page) -> str:
                            "coloured by the share of the cluster's labelled images in each class.</p>"))
     if page.sizes:
         sections.append(("sizes", "Cluster sizes", _figures(page.sizes)))
+    if page.map_note is not None:
+        sections.append(("map", "Map", _map(page)))
     sections.append(("clusters", "Clusters", _cluster_browser(page)))
     if page.figures:
         sections.append(("plots", "Plots", _figures(page.figures)))
@@ -195,6 +199,17 @@ def _figures(figures: list[Figure]) -> str:
         f"<figcaption>{escape(f.caption)}</figcaption></figure>" for f in figures) + "</div>"
 
 
+def _map(page: Page) -> str:
+    """The map's canvas (the script draws it), its hover card and caption; or the caption alone."""
+    note = f'<p class="note">{escape(page.map_note)}</p>'
+    if page.clusters.get("map") is None:
+        return note
+    return (f'<div class="map-box"><canvas id="map-canvas" role="img" aria-label="2-D map of the images, '
+            f'coloured by cluster"></canvas><div id="map-tip" class="map-tip" hidden><span class="thumb big"></span>'
+            f'<div class="what"></div></div></div><div id="map-legend" class="legend"></div>{note}'
+            '<noscript><p class="warn">The map needs JavaScript.</p></noscript>')
+
+
 def _cluster_browser(page: Page) -> str:
     """The browser's controls; the script fills the clustering selector, the class filter (labelled
     clusterings) and the list."""
@@ -213,7 +228,14 @@ def _cluster_browser(page: Page) -> str:
 <label>go to cluster <input id="cluster-find" type="number" min="0" inputmode="numeric"></label>
 <span id="cluster-count" class="note" style="margin:0"></span>
 </div>
+<div id="uncertain" class="uncertain"></div>
 <div class="pager" aria-label="cluster pages"></div>
 <div id="cluster-list"></div>
 <div class="pager" aria-label="cluster pages"></div>
+<aside id="similar" class="similar" hidden aria-label="similar images">
+<button type="button" class="close" aria-label="close">\u00d7</button>
+<div class="query"><span class="thumb big"></span><div class="what"></div></div>
+<div class="label">nearest images in the clustered feature space</div>
+<div class="found"></div>
+</aside>
 <noscript><p class="warn">The cluster browser needs JavaScript.</p></noscript>"""

@@ -12,17 +12,16 @@ whole-network SCAN on images is `train_scan_network` / `nolabel scan --data`.
 """
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClusterMixin
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ...config import SCAN_FEATURES_LR, ScanConfig
 from ...errors import NolabelError, NolabelValueError
+from .._params import check_integers, integer_seed
 from ..neighbors import mine_neighbors
 from .train import train_scan_features
 
@@ -131,18 +130,13 @@ class SCAN(ClusterMixin, BaseEstimator):
 
     def _config(self, n: int) -> ScanConfig:
         """The ScanConfig of these parameters for n samples: the batch clipped to n, the neighbours to n - 1."""
-        for name in ("n_clusters", "n_heads", "epochs", "batch_size", "hidden_dim", "n_neighbors"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-                raise NolabelValueError(f"{name} must be an integer, got {value!r}")
-        seed = self.random_state
-        if not isinstance(seed, numbers.Integral):  # None or a RandomState: draw one
-            seed = check_random_state(seed).randint(np.iinfo(np.int32).max)
+        check_integers(self, ("n_clusters", "n_heads", "epochs", "batch_size", "hidden_dim", "n_neighbors"))
+        seed = integer_seed(self.random_state)
         config = ScanConfig(n_clusters=max(self.n_clusters, 2),  # 1 is never trained; the rest is checked
                             n_heads=self.n_heads, entropy_weight=self.entropy_weight, epochs=self.epochs,
                             batch_size=min(self.batch_size, n), lr=self.lr, weight_decay=self.weight_decay,
                             hidden_dim=self.hidden_dim, n_neighbors=min(self.n_neighbors, n - 1),
-                            random_state=int(seed), bf16=self.bf16, device=self.device)
+                            random_state=seed, bf16=self.bf16, device=self.device)
         try:
             config.validate()
         except NolabelError as e:

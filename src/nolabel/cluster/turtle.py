@@ -1,0 +1,597 @@
+"""TURTLE (Gadetsky, Jiang & Brbic, ICML 2024, "Let Go of Your Labels with Unsupervised Transfer"),
+re-implemented from the paper: the labelling of a dataset whose linear classifiers, trained in each of
+several frozen feature spaces, fit it best.
+
+Spaces i = 1..M hold features Z_i (N, D_i), each row L2-normalised. A task encoder - one linear map
+W_i (D_i -> K) per space - labels an image with the mean of the spaces' softmaxes,
+
+    tau(x) = 1/M sum_i softmax(W_i z_i(x))                                   (N, K), rows sum to 1.
+
+Inner problem: per space a linear classifier w_i (D_i -> K) learns the current labelling with the
+soft cross-entropy ``inner(w_i) = -mean_x sum_k tau_k(x) log softmax(w_i z_i(x))_k``; it takes
+`inner_steps` Adam steps per batch and is warm-started from where the previous batch left it.
+Outer problem: the task encoder lowers those classifiers' loss on its labelling while keeping the
+batch's mean labelling spread over the K clusters,
+
+    outer(W) = sum_i inner(w_i) - gamma * H(mean_x tau(x)),    H(p) = -sum_k p_k log p_k.
+
+The outer gradient goes around the inner loop (the paper's efficient first-order variant: the
+adapted classifiers are constants of the outer step, so the gradient flows through the labelling
+only). `n_restarts` independent runs are made; the one kept is chosen without labels, by the lowest
+outer loss over all images (`selection="loss"`) or by the highest generalization score of
+`nolabel.select` averaged over the spaces (`selection="generalization"`).
+
+- `turtle_loss`, `inner_loss`, `labelling`: the objective on a batch;
+- `train_turtle`: every restart (resumable via `nolabel.training.TrainingState`), the kept one's
+  task encoder and its labelling;
+- `TURTLE`: a scikit-learn-like clusterer, ``TURTLE(n_clusters=10).fit_predict([Z_1, Z_2])``;
+- `run_turtle`: the stage from feature stores (one per space), writing the clustering artifact;
+  `run_turtle_selflabel`: self-labeling of its task encoder, as after SCAN; `predict_turtle`:
+  new images' cluster probabilities.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.utils.validation import check_is_fitted
+
+from .. import distributed, record
+from ..config import EvaluateConfig, SelfLabelConfig, TurtleConfig
+from ..errors import NolabelError, NolabelValueError
+from ._params import check_integers, integer_seed
+from ..training import TrainingState, progress, seeded, training_inputs
+
+_DEFAULTS = TurtleConfig()
+PREDICT_BATCH = 65_536  # rows per forward pass when whole datasets are labelled
+
+
+# --------------------------------------------------------------------------- the objective
+
+class TurtleLoss(NamedTuple):
+    total: torch.Tensor  # fit - gamma * entropy: what the task encoder minimises
+    fit: torch.Tensor  # sum over spaces of the classifiers' soft cross-entropy on the labelling
+    entropy: torch.Tensor  # H(mean labelling), natural log; log K at most
+
+
+class SpaceLinears(nn.Module):
+    """One linear map per feature space, [(B, D_i)] -> [(B, K)] logits: the task encoder, or the
+    spaces' linear classifiers."""
+
+    def __init__(self, dims: Sequence[int], n_clusters: int):
+        super().__init__()
+        self.dims, self.n_clusters = [int(d) for d in dims], int(n_clusters)
+        self.maps = nn.ModuleList(nn.Linear(d, self.n_clusters) for d in self.dims)
+
+    def forward(self, spaces: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [linear(z) for linear, z in zip(self.maps, spaces)]
+
+
+def labelling(task_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """tau: the mean over spaces of softmax(task logits), (B, K)."""
+    return torch.stack([F.softmax(logits.float(), dim=1) for logits in task_logits]).mean(0)
+
+
+def inner_loss(classifier_logits: Sequence[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """Sum over spaces of the soft cross-entropy -mean_x sum_k targets_k log softmax(logits)_k."""
+    return sum(-(targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean() for logits in classifier_logits)
+
+
+def turtle_loss(task_logits: Sequence[torch.Tensor], classifier_logits: Sequence[torch.Tensor],
+                gamma: float) -> TurtleLoss:
+    """The outer objective of a batch: the classifiers' loss on the task encoder's labelling minus
+    gamma times the entropy of the batch's mean labelling. Gradients reach whatever produced the
+    logits; the training passes the classifiers' logits detached (first-order update)."""
+    tau = labelling(task_logits)
+    fit = inner_loss(classifier_logits, tau)
+    mean = tau.mean(0)
+    entropy = -(mean * torch.log(mean.clamp_min(1e-12))).sum()
+    return TurtleLoss(fit - gamma * entropy, fit, entropy)
+
+
+class TurtleHead(nn.Module):
+    """The task encoder as one network on the spaces' features concatenated, (B, sum D_i) -> (B, K)
+    logits log tau(x): its softmax is tau. What self-labeling trains, and what predicts."""
+
+    def __init__(self, task: SpaceLinears):
+        super().__init__()
+        self.task = task
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spaces = torch.split(x, self.task.dims, dim=1)
+        return torch.log(labelling(self.task(spaces)).clamp_min(1e-12))
+
+
+# --------------------------------------------------------------------------- training
+
+@dataclass
+class TurtleResult:
+    """The kept restart: its task encoder (on the CPU) and labelling tau (N, K) float32 of the training
+    images; every restart's whole-data loss terms (and generalization score when it chose)."""
+
+    task: SpaceLinears
+    probabilities: np.ndarray
+    best_restart: int
+    restarts: list[dict[str, float]]
+    history: list[list[dict[str, float]]] = field(default_factory=list)  # per restart, per epoch
+    seconds: float = 0.0
+    checkpoint: Path | None = None
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.probabilities.argmax(1).astype(np.int64)
+
+
+def prepare_spaces(spaces: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The spaces as float32 (N, D_i) arrays with L2-normalised rows (TURTLE's input; a zero row stays
+    zero); checked: at least one, 2-d, finite, the same N rows."""
+    if isinstance(spaces, np.ndarray) and spaces.ndim == 2:
+        spaces = [spaces]
+    if len(spaces) == 0:
+        raise NolabelError("TURTLE needs at least one feature space")
+    out = []
+    for i, z in enumerate(spaces):
+        z = np.asarray(z, dtype=np.float32)
+        if z.ndim != 2 or z.shape[1] < 1:
+            raise NolabelError(f"feature space {i}: expected an (N, D) array, got shape {z.shape}")
+        if not np.isfinite(z).all():
+            raise NolabelError(f"feature space {i}: contains NaN or infinity")
+        out.append(np.ascontiguousarray(z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)))
+    rows = {len(z) for z in out}
+    if len(rows) != 1:
+        raise NolabelError(f"the feature spaces hold different numbers of rows: {[len(z) for z in out]}")
+    return out
+
+
+def train_turtle(spaces: Sequence[np.ndarray], config: TurtleConfig | None = None,
+                 out_dir: str | Path | None = None, show_progress: bool = True) -> TurtleResult:
+    """TURTLE on frozen features: `spaces`, a list of M arrays (N, D_i) of the same N images (rows are
+    L2-normalised here). Runs `config.n_restarts` restarts and keeps the best by `config.selection`.
+    With `out_dir`, each restart saves its state there every epoch (turtle_state_R.pt) and resumes
+    from it; the kept task encoder is written to turtle.pt."""
+    config = config or TurtleConfig()
+    config.validate()
+    spaces = prepare_spaces(spaces)
+    n = len(spaces[0])
+    if n < config.n_clusters:
+        raise NolabelError(f"{n} images cannot fill {config.n_clusters} clusters")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    device = distributed.resolve_device(config.device)
+    on_device = [torch.from_numpy(z).to(device) for z in spaces]
+    runs = [_train_restart(spaces, on_device, config, r, out, show_progress) for r in range(config.n_restarts)]
+    restarts = [run[2] for run in runs]
+    if config.selection == "generalization":
+        from ..select import generalization
+
+        for (_, probabilities, summary) in runs:
+            summary["generalization"] = float(np.mean([generalization(z, probabilities.argmax(1)) for z in spaces]))
+        best = int(np.argmax([s["generalization"] for s in restarts]))
+    else:
+        best = int(np.argmin([s["loss"] for s in restarts]))
+    task, probabilities, _ = runs[best]
+    result = TurtleResult(task, probabilities, best, restarts, [s.pop("history") for s in restarts],
+                          seconds=time.perf_counter() - started)
+    if out is not None and distributed.is_main():
+        result.checkpoint = save_turtle(out / "turtle.pt", result, config)
+    return result
+
+
+def _train_restart(spaces: list[np.ndarray], on_device: list[torch.Tensor], config: TurtleConfig, restart: int,
+                   out: Path | None, show_progress: bool) -> tuple[SpaceLinears, np.ndarray, dict[str, Any]]:
+    """One restart: (task encoder on the CPU, its labelling (N, K), its whole-data loss terms + history)."""
+    device = on_device[0].device
+    n, dims, k = len(spaces[0]), [z.shape[1] for z in spaces], config.n_clusters
+    seed = config.random_state * 1009 + restart  # restarts of one seed never repeat another seed's
+    with seeded(seed, device):
+        task, classifiers = SpaceLinears(dims, k), SpaceLinears(dims, k)
+    task.to(device)
+    classifiers.to(device)
+    outer = torch.optim.Adam(task.parameters(), lr=config.outer_lr)
+    inner = torch.optim.Adam(classifiers.parameters(), lr=config.inner_lr)
+    generator = torch.Generator().manual_seed(seed)
+    modules = {"task": task, "classifiers": classifiers}
+    state = None
+    if out is not None:
+        state = TrainingState(out / f"turtle_state_{restart}.pt", training_inputs(
+            config, *spaces, modules=modules, restart=restart))
+    saved = state.load() if state is not None else None
+    first_epoch, history = 0, []
+    if saved is not None:
+        TrainingState.restore(saved, modules, outer, generator)
+        inner.load_state_dict(saved["inner"])  # the classifiers' optimizer, saved beside the task encoder's
+        first_epoch, history = int(saved["epoch"]), list(saved["history"])
+    batch = min(config.batch_size, n)
+    steps = n // batch
+    epochs = progress(range(first_epoch, config.epochs), total=config.epochs - first_epoch,
+                      desc=f"turtle {restart + 1}/{config.n_restarts}", enabled=show_progress)
+    for epoch in epochs:
+        order = torch.randperm(n, generator=generator).to(device)
+        sums = np.zeros(3)
+        for step in range(steps):
+            rows = order[step * batch:(step + 1) * batch]
+            z = [space[rows] for space in on_device]
+            with torch.no_grad():
+                targets = labelling(task(z))
+            for _ in range(config.inner_steps):
+                inner.zero_grad(set_to_none=True)
+                inner_loss(classifiers(z), targets).backward()
+                inner.step()
+            with torch.no_grad():
+                adapted = classifiers(z)
+            loss = turtle_loss(task(z), adapted, config.gamma)
+            outer.zero_grad(set_to_none=True)
+            loss.total.backward()
+            outer.step()
+            sums += [loss.total.item(), loss.fit.item(), loss.entropy.item()]
+        mean = sums / steps
+        history.append({"epoch": epoch + 1, "loss": float(mean[0]), "fit": float(mean[1]), "entropy": float(mean[2])})
+        if state is not None:
+            state.save(epoch + 1, modules, outer, generator, history, inner=inner.state_dict())
+    probabilities, whole = _whole_data(task, classifiers, on_device, config.gamma)
+    task.to("cpu")
+    return task.eval(), probabilities, {**whole, "restart": restart, "seed": seed,
+                                        "clusters_used": int(len(np.unique(probabilities.argmax(1)))),
+                                        "history": history}
+
+
+@torch.no_grad()
+def _whole_data(task: SpaceLinears, classifiers: SpaceLinears, on_device: list[torch.Tensor],
+                gamma: float) -> tuple[np.ndarray, dict[str, float]]:
+    """The labelling of every image (N, K) and the outer loss terms over all of them at once."""
+    n = len(on_device[0])
+    taus, fit = [], 0.0
+    for start in range(0, n, PREDICT_BATCH):
+        z = [space[start:start + PREDICT_BATCH] for space in on_device]
+        tau = labelling(task(z))
+        fit += float(inner_loss(classifiers(z), tau)) * len(tau)
+        taus.append(tau.cpu())
+    probabilities = torch.cat(taus)
+    mean = probabilities.mean(0)
+    entropy = float(-(mean * torch.log(mean.clamp_min(1e-12))).sum())
+    fit /= n
+    return probabilities.numpy().astype(np.float32), {"loss": fit - gamma * entropy, "fit": fit, "entropy": entropy}
+
+
+def save_turtle(path: Path, result: TurtleResult, config: TurtleConfig) -> Path:
+    from ..io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"format": "nolabel-turtle", "dims": result.task.dims, "n_clusters": result.task.n_clusters,
+                    "task": result.task.state_dict(), "best_restart": result.best_restart,
+                    "restarts": result.restarts, "config": asdict(config)}, tmp)
+    return path
+
+
+def load_turtle(path: str | Path) -> tuple[SpaceLinears, dict[str, Any]]:
+    """Read turtle.pt: (the kept task encoder, the whole saved dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NolabelError(f"{path}: TURTLE checkpoint not found; run `nolabel turtle` first")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("format") != "nolabel-turtle":
+        raise NolabelError(f"{path}: not a TURTLE checkpoint written by nolabel")
+    task = SpaceLinears(saved["dims"], saved["n_clusters"])
+    task.load_state_dict(saved["task"])
+    return task.eval(), saved
+
+
+@torch.no_grad()
+def predict_proba_spaces(task: SpaceLinears, spaces: Sequence[np.ndarray], head: nn.Module | None = None
+                         ) -> np.ndarray:
+    """tau (N, K) float32 of new images' features, one (N, D_i) array per space (L2-normalised here),
+    on the CPU; `head` (a self-labeled `TurtleHead`) instead of the task encoder when given."""
+    spaces = prepare_spaces(spaces)
+    if [z.shape[1] for z in spaces] != task.dims:
+        raise NolabelError(f"TURTLE was trained on spaces of widths {task.dims}, got {[z.shape[1] for z in spaces]}")
+    model = (head or TurtleHead(task)).eval()
+    out = np.empty((len(spaces[0]), task.n_clusters), dtype=np.float32)
+    for start in range(0, len(out), PREDICT_BATCH):
+        x = torch.from_numpy(np.concatenate([z[start:start + PREDICT_BATCH] for z in spaces], axis=1))
+        out[start:start + PREDICT_BATCH] = F.softmax(model(x), dim=1).numpy()
+    return out
+
+
+# --------------------------------------------------------------------------- estimator
+
+class TURTLE(ClusterMixin, BaseEstimator):
+    """TURTLE on frozen features of several spaces (Gadetsky et al. 2024) as a scikit-learn clusterer.
+
+    X is a list of M arrays (N, D_i), the same N images in every space (a single (N, D) array is one
+    space); rows are L2-normalised inside. Parameters are `TurtleConfig`'s, with its defaults;
+    `random_state` an int (None or a RandomState draw one); `device` "auto" trains on a GPU when one
+    is visible. The batch is clipped to N.
+
+    Attributes after `fit`: `task_` (the kept task encoder, `SpaceLinears`, CPU), `labels_` (N,)
+    int64, `probabilities_` (N, K) tau, `best_restart_`, `restarts_` (each restart's whole-data loss
+    terms), `history_`, `n_features_in_` (list of the D_i). `predict_proba(X)` equals
+    `probabilities_` on the training data (to float rounding; on a GPU up to near-ties).
+    """
+
+    def __init__(self, n_clusters: int = _DEFAULTS.n_clusters, gamma: float = _DEFAULTS.gamma,
+                 inner_steps: int = _DEFAULTS.inner_steps, inner_lr: float = _DEFAULTS.inner_lr,
+                 outer_lr: float = _DEFAULTS.outer_lr, epochs: int = _DEFAULTS.epochs,
+                 batch_size: int = _DEFAULTS.batch_size, n_restarts: int = _DEFAULTS.n_restarts,
+                 selection: str = _DEFAULTS.selection, random_state=_DEFAULTS.random_state,
+                 device: str = _DEFAULTS.device):
+        self.n_clusters = n_clusters
+        self.gamma = gamma
+        self.inner_steps = inner_steps
+        self.inner_lr = inner_lr
+        self.outer_lr = outer_lr
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.n_restarts = n_restarts
+        self.selection = selection
+        self.random_state = random_state
+        self.device = device
+
+    def fit(self, X, y=None) -> "TURTLE":
+        """Train on the spaces X (list of (N, D_i)); `y` is ignored."""
+        config = self._config()
+        try:
+            result = train_turtle(X, config, out_dir=None, show_progress=False)
+        except NolabelError as e:
+            raise NolabelValueError(str(e)) from None
+        self.task_, self.best_restart_, self.restarts_ = result.task, result.best_restart, result.restarts
+        self.history_, self.probabilities_ = result.history, result.probabilities
+        self.labels_ = result.predictions
+        self.n_features_in_ = list(result.task.dims)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        """tau (N, n_clusters) float32 of the spaces X under the kept task encoder."""
+        check_is_fitted(self, "labels_")
+        try:
+            return predict_proba_spaces(self.task_, X)
+        except NolabelError as e:
+            raise NolabelValueError(str(e)) from None
+
+    def predict(self, X) -> np.ndarray:
+        """The cluster (N,) int64 of every image: argmax of tau."""
+        return self.predict_proba(X).argmax(1).astype(np.int64)
+
+    def _config(self) -> TurtleConfig:
+        check_integers(self, ("n_clusters", "inner_steps", "epochs", "batch_size", "n_restarts"))
+        seed = integer_seed(self.random_state)
+        config = TurtleConfig(n_clusters=self.n_clusters, gamma=self.gamma, inner_steps=self.inner_steps,
+                              inner_lr=self.inner_lr, outer_lr=self.outer_lr, epochs=self.epochs,
+                              batch_size=self.batch_size, n_restarts=self.n_restarts, selection=self.selection,
+                              random_state=seed, device=self.device)
+        try:
+            config.validate()
+        except NolabelError as e:
+            raise NolabelValueError(str(e)) from None
+        return config
+
+
+# --------------------------------------------------------------------------- the stage from files
+
+TRAINING_RECORD = "training.record.json"
+
+
+def _pca_file(space: int) -> str:
+    return f"pca_{space}.npz"
+
+
+def _load_spaces(stores: Sequence[Any], folder: Path, fit_pca: int | None | bool = False) -> list[np.ndarray]:
+    """The stores' features as float32, each through its space's PCA in `folder` (pca_I.npz) when it has
+    one. `fit_pca` (training): the PCAs are made anew - to that many dimensions for each space wider
+    than it, none for the others (None: none at all)."""
+    from .pca import PCA
+
+    spaces = []
+    for i, store in enumerate(stores):
+        z = np.asarray(store.features, dtype=np.float32)
+        path = folder / _pca_file(i)
+        if fit_pca is not False:
+            path.unlink(missing_ok=True)  # from an earlier training of this folder
+        if fit_pca is not False and fit_pca is not None and z.shape[1] > fit_pca:
+            pca = PCA(min(fit_pca, len(z))).fit(z)
+            if distributed.is_main():
+                pca.save(path)
+            z = pca.transform(z)
+        elif fit_pca is False and path.is_file():
+            z = PCA.load(path).transform(z)
+        spaces.append(z)
+    return spaces
+
+
+def _open_stores(folders: Sequence[str | Path]) -> list[Any]:
+    from ..store import FeatureStore
+
+    stores = [FeatureStore.open(f) for f in folders]
+    if len({s.n for s in stores}) != 1:
+        raise NolabelError(f"the feature folders of one image set hold different numbers of images: "
+                           f"{[f'{s.path}: {s.n}' for s in stores]}")
+    return stores
+
+
+def _eval_sets(eval_features: Sequence[Sequence[str | Path]], n_spaces: int) -> list[dict[str, Any]]:
+    """Each eval set: one feature folder per space, in the train spaces' order; named after its
+    first folder."""
+    from ..store import unique_names
+
+    evals = []
+    for folders in eval_features:
+        if len(folders) != n_spaces:
+            raise NolabelError(f"an eval set needs one feature folder per space ({n_spaces}), got {list(folders)}")
+        stores = _open_stores(folders)
+        evals.append({"stores": stores, "inputs": [s.fingerprint for s in stores]})
+    names = unique_names(["train", *[e["stores"][0].path.name or "eval" for e in evals]])
+    for entry, name in zip(evals, names[1:]):
+        entry["name"] = name
+    return evals
+
+
+def predict_turtle(turtle_dir: str | Path, features: Sequence[Any], selflabel_dir: str | Path | None = None
+                   ) -> np.ndarray:
+    """Cluster probabilities (N, K) of new images under a finished TURTLE stage (or its self-labeled
+    version, `selflabel_dir`): `features`, one FeatureStore folder (or (N, D_i) array) per space, of
+    the backbones TURTLE read, in its order; each space's PCA, if any, is applied."""
+    from ..store import FeatureStore
+
+    turtle_dir = Path(turtle_dir)
+    task, _ = load_turtle(turtle_dir / "turtle.pt")
+    stores = [f if isinstance(f, np.ndarray) else FeatureStore.open(f) for f in features]
+    if len(stores) != len(task.dims):
+        raise NolabelError(f"TURTLE combined {len(task.dims)} spaces; got features of {len(stores)}")
+
+    class _Array:  # an array in hand, read like a store
+        def __init__(self, features):
+            self.features = features
+
+    spaces = _load_spaces([_Array(s) if isinstance(s, np.ndarray) else s for s in stores], turtle_dir)
+    head = None
+    if selflabel_dir is not None and (Path(selflabel_dir) / "selflabel.pt").is_file():
+        from .scan.heads import ListHead
+
+        head = TurtleHead(task)
+        modules = torch.load(Path(selflabel_dir) / "selflabel.pt", map_location="cpu", weights_only=True)["modules"]
+        if "ema" in modules:  # the averaged weights are the ones self-labeling predicted with
+            ListHead(head).load_state_dict(modules["ema"])
+        else:
+            head.load_state_dict(modules["head"])
+    return predict_proba_spaces(task, spaces, head)
+
+
+def run_turtle(out_dir: str | Path, features: Sequence[str | Path], *, pca_components: int | None = None,
+               config: TurtleConfig | None = None, eval_features: Sequence[Sequence[str | Path]] = (),
+               evaluate: EvaluateConfig = EvaluateConfig(), force: bool = False,
+               show_progress: bool = True) -> dict[str, Any]:
+    """The TURTLE stage from files: `features`, one FeatureStore folder per space (the same images
+    in the same order), each wider than `pca_components` projected to that many PCA dimensions
+    (saved as pca_I.npz); trains and writes the TURTLE clustering into `out_dir` (`nolabel.clustering`) beside
+    turtle.pt, probabilities.npy (N, K), predictions.npy and turtle.json (restarts, the kept one,
+    timings). `eval_features`: per eval set, one folder per space, assigned and scored.
+
+    A clustering finished from the same inputs is returned as it is (metrics.json's content); an
+    interrupted one resumes; one of other inputs is replaced only with `force`. Training keeps a
+    record of its own, so another eval set reuses it."""
+    from ..io import read_json, save_npy, write_json
+
+    out = Path(out_dir)
+    config = config or TurtleConfig()
+    config.validate()
+    distributed.resolve_device(config.device)  # a missing GPU fails here, before any file is written
+    if pca_components is not None and pca_components < 1:
+        raise NolabelError(f"PCA before TURTLE takes a number of dimensions >= 1, got {pca_components}")
+    stores = _open_stores(features)
+    evals = _eval_sets(eval_features, len(stores))
+    training = {"spaces": [s.fingerprint for s in stores], "pca": pca_components,
+                "config": record.without(asdict(config), "device")}
+    stage_inputs = {"training": training, "evals": [e["inputs"] for e in evals], "evaluate": asdict(evaluate)}
+    if record.begin(out, "turtle", stage_inputs, force=force, what="a TURTLE clustering") is record.DONE:
+        return read_json(out / "metrics.json")
+    if not record.is_done(out, training, name=TRAINING_RECORD):
+        status = record.begin(out, "turtle-training", training, force=True, name=TRAINING_RECORD)
+        if status is record.START:  # training states here belong to other inputs
+            for stale in out.glob("turtle_state_*.pt"):
+                stale.unlink()
+        started = time.perf_counter()
+        spaces = _load_spaces(stores, out, fit_pca=pca_components)
+        prepared = time.perf_counter() - started
+        result = train_turtle(spaces, config, out, show_progress)
+        if distributed.is_main():
+            save_npy(out / "probabilities.npy", result.probabilities)
+            save_npy(out / "predictions.npy", result.predictions)
+            write_json(out / "turtle.json", {"n": len(result.probabilities), "dims": result.task.dims,
+                                             "pca_components": pca_components, "best_restart": result.best_restart,
+                                             "restarts": result.restarts, "history": result.history,
+                                             "seconds": {"pca": prepared, "train": result.seconds},
+                                             "config": asdict(config)})
+        record.finish(out, "turtle-training", training, name=TRAINING_RECORD)
+    summary = read_json(out / "turtle.json")
+    scored = _write_turtle_clustering(out, "TURTLE", stores, np.load(out / "probabilities.npy"), evals, out, None,
+                                      evaluate, stage_inputs, {"best_restart": summary["best_restart"],
+                                                               "restarts": summary["restarts"]})
+    record.finish(out, "turtle", stage_inputs)
+    return scored
+
+
+def _write_turtle_clustering(out: Path, method: str, stores: list[Any], probabilities: np.ndarray,
+                             evals: list[dict[str, Any]], turtle_dir: Path, selflabel_dir: Path | None,
+                             evaluate: EvaluateConfig, settings: dict[str, Any], fitted: dict[str, Any]
+                             ) -> dict[str, Any]:
+    """The clustering of a TURTLE task encoder (or its self-labeled head): the train images from the
+    training's labelling, each eval set predicted; the train source is the first space's store."""
+    import os
+
+    from ..clustering import Source, write_clustering
+    from ..io import save_npy
+
+    sources, clusters, confidence = [Source.of_store("train", stores[0])], [probabilities.argmax(1)], \
+        [probabilities.max(1)]
+    for entry in evals:
+        p = predict_turtle(turtle_dir, [s.path for s in entry["stores"]], selflabel_dir)
+        if distributed.is_main():
+            save_npy(out / f"probabilities_{entry['name']}.npy", p)
+        sources.append(Source.of_store(entry["name"], entry["stores"][0]))
+        clusters.append(p.argmax(1))
+        confidence.append(p.max(1))
+    assigner = {"kind": "turtle", "turtle": os.path.relpath(turtle_dir.resolve(), out.resolve()),
+                "selflabel": "." if selflabel_dir is not None else None,
+                "spaces": [os.path.relpath(s.path.resolve(), out.resolve()) for s in stores]}
+    return write_clustering(out, method=method, sources=sources, clusters=clusters, confidence=confidence,
+                            n_clusters=probabilities.shape[1], assigner=assigner, evaluate=evaluate,
+                            settings=settings, fitted=fitted)
+
+
+def run_turtle_selflabel(turtle_dir: str | Path, out_dir: str | Path, features: Sequence[str | Path], *,
+                         config: SelfLabelConfig | None = None, eval_features: Sequence[Sequence[str | Path]] = (),
+                         evaluate: EvaluateConfig = EvaluateConfig(), force: bool = False,
+                         show_progress: bool = True) -> dict[str, Any]:
+    """Self-labeling after TURTLE, as after SCAN (`nolabel.cluster.selflabel`): the task encoder, as
+    one network on the spaces' features concatenated (`TurtleHead`), is trained on its own confident
+    labels (clean features: there are no augmented views of several spaces). Writes the clustering
+    "TURTLE + self-labeling" into `out_dir` beside selflabel.pt, probabilities.npy and selflabel.json.
+    Its inputs include TURTLE's result by hash; the same inputs return the finished clustering."""
+    from ..io import read_json, save_npy, sha256_file, write_json
+    from .selflabel import confident_fraction, train_selflabel_features
+
+    turtle_dir, out = Path(turtle_dir), Path(out_dir)
+    config = config or SelfLabelConfig()
+    config.validate()
+    distributed.resolve_device(config.device)
+    task, _ = load_turtle(turtle_dir / "turtle.pt")
+    stores = _open_stores(features)
+    evals = _eval_sets(eval_features, len(stores))
+    training = {"turtle": {name: sha256_file(turtle_dir / name) for name in ("turtle.pt", "probabilities.npy")},
+                "spaces": [s.fingerprint for s in stores], "config": record.without(asdict(config), "device")}
+    stage_inputs = {"training": training, "evals": [e["inputs"] for e in evals], "evaluate": asdict(evaluate)}
+    if record.begin(out, "turtle-selflabel", stage_inputs, force=force,
+                    what="a TURTLE self-labeling clustering") is record.DONE:
+        return read_json(out / "metrics.json")
+    if not record.is_done(out, training, name=TRAINING_RECORD):
+        if record.begin(out, "turtle-selflabel-training", training, force=True, name=TRAINING_RECORD) is record.START:
+            (out / "selflabel_state.pt").unlink(missing_ok=True)
+        spaces = prepare_spaces(_load_spaces(stores, turtle_dir))
+        head = TurtleHead(task)
+        result = train_selflabel_features(np.concatenate(spaces, axis=1), head,
+                                          np.load(turtle_dir / "probabilities.npy"), config, None, out, show_progress)
+        if distributed.is_main():
+            save_npy(out / "probabilities.npy", np.asarray(result.probabilities, dtype=np.float32))
+            save_npy(out / "predictions.npy", result.predictions.astype(np.int64))
+            write_json(out / "selflabel.json", {
+                "skipped": result.skipped, "message": result.message,
+                "confident_fraction_start": result.confident_fraction,
+                "confident_fraction_end": confident_fraction(result.probabilities, config.threshold),
+                "seconds": result.seconds, "history": result.history, "config": asdict(config)})
+        record.finish(out, "turtle-selflabel-training", training, name=TRAINING_RECORD)
+    summary = read_json(out / "selflabel.json")
+    skipped = summary["skipped"]  # a skipped self-labeling kept TURTLE's labelling: predict with its encoder
+    scored = _write_turtle_clustering(out, "TURTLE + self-labeling", stores, np.load(out / "probabilities.npy"),
+                                      evals, turtle_dir, None if skipped else out, evaluate, stage_inputs,
+                                      {key: summary[key] for key in ("skipped", "confident_fraction_start",
+                                                                     "confident_fraction_end")})
+    record.finish(out, "turtle-selflabel", stage_inputs)
+    return scored

@@ -1,0 +1,233 @@
+"""TURTLE: the objective on a hand-computed case, no collapse, two spaces that only together determine
+the partition, resume, the estimator, the stage from files with self-labeling, and the command."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nolabel.cluster.turtle import TURTLE, inner_loss, labelling, run_turtle, run_turtle_selflabel, train_turtle, \
+    turtle_loss
+from nolabel.config import SelfLabelConfig, TurtleConfig
+from nolabel.errors import NolabelError, NolabelValueError
+from nolabel.metrics import evaluate
+
+LN3 = math.log(3.0)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """TURTLE's matrices here are tiny: on a loaded 2-vCPU box a second torch thread only waits on the
+    other (the two-spaces test took 310 s with two threads, 5 s with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_inner_and_outer_losses_hand_computed():
+    # Two images, two spaces, K = 2. Task encoder softmaxes: space A (1/4, 3/4) and (3/4, 1/4), space B
+    # (1/2, 1/2) and (3/4, 1/4), so tau = (3/8, 5/8) and (3/4, 1/4).
+    task = [torch.tensor([[0.0, LN3], [LN3, 0.0]]), torch.tensor([[0.0, 0.0], [LN3, 0.0]])]
+    tau = labelling(task)
+    np.testing.assert_allclose(tau.numpy(), [[3 / 8, 5 / 8], [3 / 4, 1 / 4]], atol=1e-7)
+    # Classifier softmaxes: space A (1/2, 1/2) and (3/4, 1/4); space B (3/4, 1/4) and (1/2, 1/2).
+    classifiers = [torch.tensor([[0.0, 0.0], [LN3, 0.0]]), torch.tensor([[LN3, 0.0], [0.0, 0.0]])]
+    ln = math.log
+    inner_a = (ln(2) - (3 / 4 * ln(3 / 4) + 1 / 4 * ln(1 / 4))) / 2
+    inner_b = (-(3 / 8 * ln(3 / 4) + 5 / 8 * ln(1 / 4)) + ln(2)) / 2
+    assert float(inner_loss(classifiers, tau)) == pytest.approx(inner_a + inner_b, abs=1e-6)
+    assert float(inner_loss(classifiers[:1], tau)) == pytest.approx(inner_a, abs=1e-6)
+    # mean labelling (9/16, 7/16); outer = inner - gamma * its entropy
+    entropy = -(9 / 16 * ln(9 / 16) + 7 / 16 * ln(7 / 16))
+    loss = turtle_loss(task, classifiers, gamma=2.0)
+    assert float(loss.entropy) == pytest.approx(entropy, abs=1e-6)
+    assert float(loss.fit) == pytest.approx(inner_a + inner_b, abs=1e-6)
+    assert float(loss.total) == pytest.approx(inner_a + inner_b - 2.0 * entropy, abs=1e-6)
+
+
+def test_outer_gradient_reaches_the_task_encoder_only():
+    task_logits = torch.zeros(3, 2, requires_grad=True)
+    classifier_logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]], requires_grad=True)
+    turtle_loss([task_logits], [classifier_logits.detach()], gamma=0.0).total.backward()
+    # lowering the fit moves each image's labelling towards the class its classifier predicts
+    grad = task_logits.grad.numpy()
+    assert (grad[[0, 2], 0] < 0).all() and grad[1, 1] < 0
+    assert classifier_logits.grad is None
+
+
+def _blobs(n_per: int, k: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(k), n_per)
+    centres = rng.normal(0, 1, (k, dim)) * 5
+    return (centres[y] + rng.normal(0, 0.5, (len(y), dim))).astype(np.float32), y
+
+
+FAST = dict(epochs=60, outer_lr=1e-2, inner_lr=1e-2, n_restarts=1, device="cpu")
+
+
+def test_no_collapse_balanced_separable_data_gives_balanced_clusters():
+    x, y = _blobs(100, 4, 8)
+    model = TURTLE(n_clusters=4, **FAST).fit(x)
+    assert evaluate(y, model.labels_)["acc"] == 1.0
+    np.testing.assert_array_equal(np.bincount(model.labels_, minlength=4), [100, 100, 100, 100])
+    # without the entropy term nothing holds the clusters apart: fewer are used
+    collapsed = TURTLE(n_clusters=4, gamma=0.0, **FAST).fit(x)
+    assert np.bincount(collapsed.labels_, minlength=4).max() > 100
+
+
+def test_two_spaces_recover_a_partition_neither_space_alone_determines():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 75)
+
+    def space(groups: list[int]) -> np.ndarray:  # images of classes in the same group look alike here
+        centres = rng.normal(0, 1, (max(groups) + 1, 6)) * 4
+        return (centres[np.asarray(groups)[y]] + rng.normal(0, 0.5, (len(y), 6))).astype(np.float32)
+
+    a, b = space([0, 0, 1, 2]), space([0, 1, 2, 2])  # A confuses classes 0/1, B confuses 2/3
+    config = dict(n_clusters=4, epochs=150, outer_lr=1e-2, inner_lr=1e-2, n_restarts=1, device="cpu")
+    alone = [evaluate(y, TURTLE(**config).fit_predict([z]))["acc"] for z in (a, b)]
+    both = TURTLE(**config).fit([a, b])
+    assert max(alone) < 0.85
+    assert evaluate(y, both.labels_)["acc"] == 1.0
+    np.testing.assert_array_equal(both.predict([a, b]), both.labels_)
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    from test_scan import interrupt_after
+
+    x, _ = _blobs(30, 3, 5)
+    spaces = [x, x[:, ::-1] ** 2]
+    config = TurtleConfig(n_clusters=3, epochs=4, batch_size=40, n_restarts=2, inner_steps=3, outer_lr=1e-2,
+                          device="cpu")
+    full = train_turtle(spaces, config, out_dir=tmp_path / "full", show_progress=False)
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)  # in the first restart
+        with pytest.raises(KeyboardInterrupt):
+            train_turtle(spaces, config, out_dir=tmp_path / "resumed", show_progress=False)
+    assert torch.load(tmp_path / "resumed" / "turtle_state_0.pt", weights_only=True)["epoch"] == 2
+    assert not (tmp_path / "resumed" / "turtle_state_1.pt").exists()
+    resumed = train_turtle(spaces, config, out_dir=tmp_path / "resumed", show_progress=False)
+    assert resumed.history == full.history and resumed.restarts == full.restarts
+    np.testing.assert_allclose(resumed.probabilities, full.probabilities, atol=1e-6)
+    with pytest.raises(NolabelError, match="other settings"):  # a state of other settings is never resumed
+        train_turtle(spaces, TurtleConfig(**{**config.__dict__, "gamma": 3.0}), out_dir=tmp_path / "resumed",
+                     show_progress=False)
+
+
+def test_restarts_are_chosen_without_labels():
+    x, y = _blobs(40, 3, 6)
+    for selection in ("loss", "generalization"):
+        model = TURTLE(n_clusters=3, epochs=20, outer_lr=1e-2, inner_lr=1e-2, n_restarts=3, selection=selection,
+                       device="cpu").fit(x)
+        key = "loss" if selection == "loss" else "generalization"
+        values = [r[key] for r in model.restarts_]
+        assert values[model.best_restart_] == (min(values) if selection == "loss" else max(values))
+        assert len(model.history_) == 3 and len(model.history_[0]) == 20
+
+
+def test_estimator_checks_its_input():
+    x, _ = _blobs(10, 2, 3)
+    with pytest.raises(NolabelValueError, match="different numbers of rows"):
+        TURTLE(n_clusters=2, **FAST).fit([x, x[:5]])
+    with pytest.raises(NolabelValueError, match="n_clusters"):
+        TURTLE(n_clusters=1, **FAST).fit(x)
+    with pytest.raises(NolabelValueError, match="NaN"):
+        TURTLE(n_clusters=2, **FAST).fit([np.full_like(x, np.nan)])
+    model = TURTLE(n_clusters=2, **{**FAST, "epochs": 2}).fit([x, x])
+    with pytest.raises(NolabelValueError, match="widths"):
+        model.predict([x, x[:, :2]])
+    proba = model.predict_proba([x, x])
+    assert proba.shape == (20, 2) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    np.testing.assert_allclose(proba, model.probabilities_, atol=1e-5)
+
+
+def _stores(root, x, y, name):
+    from nolabel.store import write_store
+
+    return write_store(root / name, x, y, [f"{name}/{i}" for i in range(len(x))],
+                       {"dataset": "blobs", "model": name})
+
+
+def test_stage_writes_the_clustering_assigns_eval_sets_resumes_and_self_labels(tmp_path):
+    from nolabel.clustering import load_clustering
+
+    x, y = _blobs(60, 3, 6)
+    held, held_y = _blobs(10, 3, 6)  # the same centres (seed 0), other noise draws are not needed here
+    a, b = _stores(tmp_path, x, y, "a"), _stores(tmp_path, x[:, ::-1].copy(), y, "b")
+    ea, eb = _stores(tmp_path, held, held_y, "ea"), _stores(tmp_path, held[:, ::-1].copy(), held_y, "eb")
+    config = TurtleConfig(n_clusters=3, epochs=30, outer_lr=1e-2, inner_lr=1e-2, n_restarts=2, device="cpu")
+    out = tmp_path / "turtle"
+    metrics = run_turtle(out, [a.path, b.path], pca_components=4, config=config,
+                         eval_features=[[ea.path, eb.path]], show_progress=False)
+    clustering = load_clustering(out)
+    assert clustering.method == "TURTLE" and clustering.sources == ["train", "ea"]
+    assert metrics["train"]["fit_on_eval"]["acc"] == 1.0 and metrics["ea"]["fit_on_train"]["acc"] == 1.0
+    assert (out / "pca_0.npz").is_file() and (out / "turtle.pt").is_file()
+    stamp = (out / "turtle.pt").stat().st_mtime_ns
+    assert run_turtle(out, [a.path, b.path], pca_components=4, config=config, eval_features=[[ea.path, eb.path]],
+                      show_progress=False) == metrics
+    assert (out / "turtle.pt").stat().st_mtime_ns == stamp  # finished: nothing recomputed
+    with pytest.raises(NolabelError, match="other settings"):
+        run_turtle(out, [a.path, b.path], config=config, show_progress=False)
+    with pytest.raises(NolabelError, match="one feature folder per space"):
+        run_turtle(tmp_path / "other", [a.path, b.path], config=config, eval_features=[[ea.path]])
+
+    sl = run_turtle_selflabel(out, tmp_path / "selflabel", [a.path, b.path],
+                              config=SelfLabelConfig(threshold=0.5, epochs=3, batch_size=60, lr=1e-2, device="cpu"),
+                              eval_features=[[ea.path, eb.path]], show_progress=False)
+    assert load_clustering(tmp_path / "selflabel").method == "TURTLE + self-labeling"
+    assert sl["train"]["fit_on_eval"]["acc"] == 1.0 and sl["ea"]["fit_on_train"]["acc"] == 1.0
+
+
+def test_cli_turtle(tmp_path, capsys):
+    from nolabel.cli import main
+
+    x, y = _blobs(40, 3, 6)
+    a, b = _stores(tmp_path, x, y, "a"), _stores(tmp_path, x ** 2, y, "b")
+    code = main(["turtle", "--features", str(a.path), str(b.path), "--n-clusters", "3", "--epochs", "30",
+                 "--outer-lr", "0.01", "--inner-lr", "0.01", "--restarts", "1", "--device", "cpu",
+                 "--out", str(tmp_path / "t"), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "restart" in printed and "acc" in printed.lower()
+    assert main(["turtle", "--features", str(a.path), "--eval-features", str(a.path) + "," + str(b.path),
+                 "--out", str(tmp_path / "u"), "--quiet"]) == 2
+
+
+def test_run_turtle_over_the_runs_space_and_another_then_self_labels(tmp_path):
+    from nolabel.config import load_config
+    from nolabel.pipeline import run
+
+    overrides = ["name=t", "data.train=digits", "model.name=pixels", "extract.image_size=8", "pca.n_components=16",
+                 "baseline.enabled=false", "report=false", "turtle.spaces=[pixels@16]", "turtle.pca=32",
+                 "turtle.epochs=20", "turtle.n_restarts=1", "turtle.outer_lr=0.01", "turtle.inner_lr=0.01",
+                 "turtle.device=cpu", "selflabel.epochs=1", "selflabel.threshold=0.9", "selflabel.device=cpu"]
+    summary = run(load_config(None, overrides), tmp_path / "r", progress=False, log=lambda line: None)
+    families = [row["family"] for row in summary["rows"]]
+    assert families == ["pixels + PCA + k-means", "pixels + pixels@16 + TURTLE",
+                        "pixels + pixels@16 + TURTLE + self-labeling"]
+    assert summary["primary"].endswith("turtle_selflabel")
+    assert all(row["sources"][0]["metrics"]["acc"] > 0.3 for row in summary["rows"])
+    with pytest.raises(NolabelError, match="run's own space"):
+        load_config(None, ["model.name=pixels", "turtle.spaces=[pixels]"])
+    with pytest.raises(NolabelError, match="SCAN's or TURTLE's"):
+        load_config(None, ["selflabel.epochs=1"])
+
+
+def test_turtle_is_a_method_of_the_label_free_choice(tmp_path):
+    from nolabel.config import load_config
+    from nolabel.pipeline import run
+
+    overrides = ["data.train=digits", "select.spaces=[pixels@8, pixels@16]", "select.n_clusters=[10]",
+                 "select.methods=[kmeans, turtle]", "select.sample_size=500", "select.criterion=generalization",
+                 "baseline.enabled=false", "report=false", "turtle.epochs=20", "turtle.n_restarts=1",
+                 "turtle.pca=32", "turtle.outer_lr=0.01", "turtle.inner_lr=0.01", "turtle.device=cpu"]
+    summary = run(load_config(None, overrides), tmp_path / "r", progress=False, log=lambda line: None)
+    methods = [row["method"] for row in summary["rows"]]
+    assert "pixels@8 + pixels@16 + TURTLE, K = 10" in methods and len(methods) == 3
+    assert all("generalization" in row["label_free"] for row in summary["rows"])
+    with pytest.raises(NolabelError, match="add a turtle section"):
+        load_config(None, ["select.methods=[kmeans, turtle]"])
