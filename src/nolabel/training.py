@@ -163,6 +163,18 @@ def begin_training(out_dir: Path, stage: str, inputs: dict[str, Any], force: boo
     return status
 
 
+def load_result(path: str | Path, kind: str, command: str) -> dict[str, Any]:
+    """A training result nolabel wrote (`{"format": "nolabel-<kind>", ...}`, tensors only), or a clear
+    error when the file is missing (run `nolabel <command>` first) or is something else."""
+    path = Path(path)
+    if not path.is_file():
+        raise NolabelError(f"{path}: {kind} checkpoint not found; run `nolabel {command}` first")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(saved, dict) or saved.get("format") != f"nolabel-{kind}":
+        raise NolabelError(f"{path}: not a {kind} checkpoint written by nolabel")
+    return saved
+
+
 def module_fingerprint(module: nn.Module) -> str:
     """sha256 of a module's parameters and buffers (names, dtypes, shapes and values)."""
     h = hashlib.sha256()

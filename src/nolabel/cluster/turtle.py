@@ -47,7 +47,7 @@ from .. import distributed, record
 from ..config import EvaluateConfig, SelfLabelConfig, TurtleConfig
 from ..errors import NolabelError, NolabelValueError
 from ._params import check_integers, integer_seed
-from ..training import TrainingState, progress, seeded, training_inputs
+from ..training import TrainingState, load_result, progress, seeded, training_inputs
 
 _DEFAULTS = TurtleConfig()
 PREDICT_BATCH = 65_536  # rows per forward pass when whole datasets are labelled
@@ -274,12 +274,7 @@ def save_turtle(path: Path, result: TurtleResult, config: TurtleConfig) -> Path:
 
 def load_turtle(path: str | Path) -> tuple[SpaceLinears, dict[str, Any]]:
     """Read turtle.pt: (the kept task encoder, the whole saved dict)."""
-    path = Path(path)
-    if not path.is_file():
-        raise NolabelError(f"{path}: TURTLE checkpoint not found; run `nolabel turtle` first")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if saved.get("format") != "nolabel-turtle":
-        raise NolabelError(f"{path}: not a TURTLE checkpoint written by nolabel")
+    saved = load_result(path, "turtle", "turtle")
     task = SpaceLinears(saved["dims"], saved["n_clusters"])
     task.load_state_dict(saved["task"])
     return task.eval(), saved

@@ -29,6 +29,7 @@ random batch before it is used (relative error < 1e-3 in fp32).
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import copy
 import functools
@@ -139,7 +140,7 @@ def resolve(backend: str, precision: str, device: str | torch.device = "cpu",
     raise AssertionError("torch supports every precision")
 
 
-class Forward:
+class Forward(abc.ABC):
     """A backbone's forward pass on one backend: normalised float (B, 3, S, S) -> float32 (B, D) array.
 
     `backend`, `precision`, `device` (where inputs go), `path` (the exported model; None for
@@ -150,8 +151,9 @@ class Forward:
     device: torch.device = torch.device("cpu")
     path: Path | None = None
 
+    @abc.abstractmethod
     def __call__(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The features of one batch."""
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision,

@@ -95,12 +95,9 @@ def predict_scan(scan_dir: str | Path, *, features: str | Path | np.ndarray | No
     skipped = selflabel_dir is not None and (Path(selflabel_dir) / "selflabel.json").is_file() and \
         read_json(Path(selflabel_dir) / "selflabel.json").get("skipped")
     if selflabel_dir is not None and not skipped:  # a skipped self-labeling kept the SCAN head as it was
-        path = Path(selflabel_dir) / "selflabel.pt"
-        if not path.is_file():
-            raise NolabelError(f"{path}: self-labeling checkpoint not found; run `nolabel selflabel` first")
-        trained = torch.load(path, map_location="cpu", weights_only=True)
-        if trained.get("format") != "nolabel-selflabel":
-            raise NolabelError(f"{path}: not a self-labeling checkpoint written by nolabel")
+        from ...training import load_result
+
+        trained = load_result(Path(selflabel_dir) / "selflabel.pt", "selflabel", "selflabel")
         modules = trained["modules"]
         if "ema" in modules:  # the averaged weights are the ones self-labeling predicted with
             model.load_state_dict(modules["ema"])

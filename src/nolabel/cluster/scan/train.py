@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from ... import distributed, record
 from ...config import SCAN_FEATURES_LR, ScanConfig
 from ...errors import NolabelError
-from ...training import TrainingState, cosine_lr, progress, seeded, set_lr, training_inputs, wrap_distributed
+from ...training import (TrainingState, cosine_lr, load_result, progress, seeded, set_lr, training_inputs,
+                         wrap_distributed)
 from .heads import ClusterHeads, ListHead
 from .loss import scan_loss, scan_loss_of_probabilities, select_head
 
@@ -281,12 +282,7 @@ def save_scan(path: Path, result: ScanResult, config: ScanConfig, extra_modules:
 
 def load_scan(path: str | Path) -> tuple[ClusterHeads, int, dict[str, Any]]:
     """Read `scan.pt`: (heads with weights, chosen head index, the whole saved dict)."""
-    path = Path(path)
-    if not path.is_file():
-        raise NolabelError(f"{path}: SCAN checkpoint not found; run `nolabel scan` first")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if saved.get("format") != "nolabel-scan":
-        raise NolabelError(f"{path}: not a SCAN checkpoint written by nolabel")
+    saved = load_result(path, "scan", "scan")
     heads = ClusterHeads(saved["in_dim"], saved["n_clusters"], len(saved["head_losses"]), saved["hidden_dim"])
     heads.load_state_dict(saved["heads"])
     return heads, int(saved["best_head"]), saved
