@@ -180,6 +180,15 @@ def test_stage_writes_the_clustering_assigns_eval_sets_resumes_and_self_labels(t
                               eval_features=[[ea.path, eb.path]], show_progress=False)
     assert load_clustering(tmp_path / "selflabel").method == "TURTLE + self-labeling"
     assert sl["train"]["fit_on_eval"]["acc"] == 1.0 and sl["ea"]["fit_on_train"]["acc"] == 1.0
+    # new images are assigned from one feature array per space, as the stage assigned its eval set
+    from nolabel.clustering import assign
+
+    for folder in (out, tmp_path / "selflabel"):
+        found, confidence = assign(folder, [ea, eb])
+        assert np.array_equal(found, load_clustering(folder).assignments["ea"].cluster)
+        assert confidence.shape == (len(held),) and (confidence > 0).all()
+    with pytest.raises(NolabelError, match="one feature array per space"):
+        assign(out, ea.features)
 
 
 def test_cli_turtle(tmp_path, capsys):
@@ -211,6 +220,12 @@ def test_run_turtle_over_the_runs_space_and_another_then_self_labels(tmp_path):
                         "pixels + pixels@16 + TURTLE + self-labeling"]
     assert summary["primary"].endswith("turtle_selflabel")
     assert all(row["sources"][0]["metrics"]["acc"] > 0.3 for row in summary["rows"])
+    # predicting the run's own images through both spaces reproduces the chosen (self-labeled) clustering
+    from nolabel.clustering import load_clustering
+    from nolabel.predict import predict
+
+    found = predict(tmp_path / "r", "digits", progress=False)
+    assert np.array_equal(found.cluster, load_clustering(summary["primary"]).assignments["train"].cluster)
     with pytest.raises(NolabelError, match="run's own space"):
         load_config(None, ["model.name=pixels", "turtle.spaces=[pixels]"])
     with pytest.raises(NolabelError, match="SCAN's or TURTLE's"):

@@ -352,11 +352,14 @@ def assign(clustering: Clustering | str | os.PathLike, features: np.ndarray | Fe
     """New images' clusters under `clustering`: (clusters int64 (M,), confidence float (M,)).
 
     features: (M, D) features of the clustering's backbone (an array or a FeatureStore) - for
-    clusterings of frozen features (k-means, SCAN and self-labeling heads); data: a dataset spec, for
+    clusterings of frozen features (k-means, SCAN and self-labeling heads); for TURTLE a list of them,
+    one per space it combined; data: a dataset spec, for
     a whole-network SCAN or self-labeling clustering, whose images go through the network it trained.
     """
     clustering = clustering if isinstance(clustering, Clustering) else load_clustering(clustering)
     how = clustering.info["assign"]
+    if how["kind"] == "turtle":
+        return _assign_turtle(clustering, features)
     if isinstance(features, FeatureStore):
         features = features.features
     if how["kind"] == "centroids":
@@ -377,6 +380,21 @@ def assign(clustering: Clustering | str | os.PathLike, features: np.ndarray | Fe
                                      selflabel_dir=selflabel, device=device)
         return probabilities.argmax(1).astype(np.int64), probabilities.max(1).astype(np.float64)
     raise NolabelError(f"{clustering.path}: unknown way to assign new images ({how['kind']!r})")
+
+
+def _assign_turtle(clustering: Clustering, features) -> tuple[np.ndarray, np.ndarray]:
+    """TURTLE (or its self-labeling) reads several spaces: `features` is one (M, D_i) array or
+    FeatureStore per space, in the order of `clustering.info["assign"]["spaces"]`."""
+    from .cluster.turtle import predict_turtle
+
+    how = clustering.info["assign"]
+    if not isinstance(features, (list, tuple)) or len(features) != len(how["spaces"]):
+        raise NolabelError(f"{clustering.path}: a TURTLE clustering assigns one feature array per space it combined "
+                           f"({len(how['spaces'])}: {', '.join(how['spaces'])}); pass them as a list in that order")
+    arrays = [f.features if isinstance(f, FeatureStore) else np.asarray(f) for f in features]
+    selflabel = clustering.path / how["selflabel"] if how.get("selflabel") else None
+    probabilities = predict_turtle(clustering.path / how["turtle"], arrays, selflabel)
+    return probabilities.argmax(1).astype(np.int64), probabilities.max(1).astype(np.float64)
 
 
 def clustering_pca(clustering: Clustering):

@@ -33,7 +33,11 @@ def init(backend: str | None = None) -> bool:
 
 
 def _leave() -> None:
+    """Leave the group together: a rank that destroys its group while another still runs (e.g. still
+    writing its results) closes the connections under that rank's gloo threads, which then abort it
+    (2 of 5 two-process training runs did, after their work was done)."""
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
 
 

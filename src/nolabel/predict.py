@@ -72,11 +72,14 @@ def predict(run_dir: str | os.PathLike, data: str | ImageDataset, out: str | os.
         clusters, confidence = assign(chosen, data=data, device=device)
         items, skipped = dataset.item_names, []
     else:
+        spaces = _run_stores(chosen)  # TURTLE reads several spaces: one extraction each
         with scratch_features_folder(features) as folder:
-            store = extract_like(_run_store(chosen), dataset, folder, run_dir=run_dir, weights=weights,
-                                 trust_checkpoint=trust_checkpoint, device=device, progress=progress)
-            clusters, confidence = assign(chosen, store)
-            items, skipped = store.items, _skipped(store)
+            stores = [extract_like(space, dataset, folder if len(spaces) == 1 else folder / f"space{i}",
+                                   run_dir=run_dir, weights=weights, trust_checkpoint=trust_checkpoint,
+                                   device=device, progress=progress)
+                      for i, space in enumerate(spaces)]
+            clusters, confidence = assign(chosen, stores if chosen.info["assign"]["kind"] == "turtle" else stores[0])
+            items, skipped = stores[0].items, _skipped(stores[0])
     position = {name: i for i, name in enumerate(dataset.item_names)}
     rows = np.array([position[item] for item in items], dtype=np.int64)
     mapped = chosen.mapped_classes()
@@ -153,13 +156,22 @@ def _recorded_weights(manifest: dict[str, Any], run_dir: str | os.PathLike | Non
     return str(inside) if inside.exists() else source
 
 
-def _run_store(clustering: Clustering) -> FeatureStore:
-    """The feature store of the clustering's train images: the space new images must be put in."""
+def _run_stores(clustering: Clustering) -> list[FeatureStore]:
+    """The feature stores of the clustering's train images - the spaces new images must be put in: one,
+    or one per space TURTLE combined (recorded relative to the clustering's folder)."""
+    how = clustering.info["assign"]
+    if how["kind"] == "turtle":
+        folders = [clustering.path / space for space in how["spaces"]]
+        missing = [str(f) for f in folders if not f.is_dir()]
+        if missing:
+            raise NolabelError(f"{clustering.path}: the feature stores of its spaces are gone ({', '.join(missing)}); "
+                               "extract them again first")
+        return [FeatureStore.open(f) for f in folders]
     store = clustering.store("train")
     if store is None:
         raise NolabelError(f"{clustering.path}: the feature store of its train images is gone "
                            f"({clustering.info['sources']['train'].get('store')}); extract them again first")
-    return store
+    return [store]
 
 
 @contextlib.contextmanager

@@ -451,7 +451,7 @@ def predict_turtle(turtle_dir: str | Path, features: Sequence[Any], selflabel_di
         from .scan.heads import ListHead
 
         head = TurtleHead(task)
-        modules = torch.load(Path(selflabel_dir) / "selflabel.pt", map_location="cpu", weights_only=True)["modules"]
+        modules = load_result(Path(selflabel_dir) / "selflabel.pt", "selflabel", "selflabel")["modules"]
         if "ema" in modules:  # the averaged weights are the ones self-labeling predicted with
             ListHead(head).load_state_dict(modules["ema"])
         else:
