@@ -66,6 +66,25 @@ def chromium() -> tuple[str, str]:
     return found
 
 
+@pytest.fixture(scope="module", autouse=True)
+def quick_map():
+    """In a module that takes this fixture into its namespace, the reports its tests write lay their
+    map out without UMAP (`stand_in_map`)."""
+    with stand_in_map():
+        yield
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    """A digits run folder (`digits_run`) with its report written."""
+    from nolabel.report import write_report
+
+    run_dir = tmp_path_factory.mktemp("digits-run")
+    digits_run(run_dir)
+    write_report(run_dir, progress=False)
+    return run_dir
+
+
 @pytest.fixture
 def open_page(chromium, tmp_path_factory):
     """`open_page(path, width=1400, height=1000)` -> a selenium driver showing the file."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 import report_helpers
-from report_helpers import cluster_run, console_errors, digits_run, stand_in_map
+from report_helpers import cluster_run, console_errors, digits_run
 
 from nolabel.cli import main as cli_main
 from nolabel.clustering import SourceAssignments, read_assignments
@@ -25,19 +25,7 @@ chromium, open_page = report_helpers.chromium, report_helpers.open_page  # the f
 HOSTILE_NAMES = ['<img src=x onerror="window.pwned=1">.png', "<em class=injected>x<em>.png", 'a & "b".png']
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quick_map():
-    """The map is laid out without UMAP here (its tests: test_report_map.py)."""
-    with stand_in_map():
-        yield
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("digits-run")
-    digits_run(run_dir)
-    write_report(run_dir)
-    return run_dir
+quick_map, digits = report_helpers.quick_map, report_helpers.digits  # the module's map stand-in, a digits run
 
 
 def image_folder(root: Path, names: list[str], seed: int = 0) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import report_helpers
-from report_helpers import cluster_run, console_errors, digits_run, stand_in_map, stand_in_umap
+from report_helpers import cluster_run, console_errors, digits_run, stand_in_umap
 
 from nolabel import record
 from nolabel.clustering import SourceAssignments, clustered_features, load_clustering, outliers
@@ -25,18 +25,7 @@ HOSTILE_NAMES = ['<img src=x onerror="window.pwned=1">.png', "<em class=injected
 UMAP = embedding._umap
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quick_map():
-    with stand_in_map():
-        yield
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("digits-map")
-    digits_run(run_dir)
-    write_report(run_dir, progress=False)
-    return run_dir
+quick_map, digits = report_helpers.quick_map, report_helpers.digits  # the module's map stand-in, a digits run
 
 
 def page_data(report: Path) -> dict:
