@@ -328,7 +328,8 @@ def load_weights(body: torch.nn.Module, path: str | Path, *, head_keys: tuple[st
     else:
         own = isinstance(obj, Mapping) and obj.get("format") == NOLABEL_FORMAT
         if own:
-            saved_model, state_dict, ignored = obj.get("model"), obj["state_dict"], [k for k in obj if k != "state_dict"]
+            saved_model, state_dict = obj.get("model"), obj["state_dict"]
+            ignored = [k for k in obj if k != "state_dict"]
     if not own:
         return load_state_into(body, obj, head_keys=head_keys, source=str(path), sha256=sha256_file(path))
     if expect_model is not None and saved_model != expect_model:
@@ -352,7 +353,8 @@ def save_checkpoint(backbone: torch.nn.Module, path: str | Path, *, heads: Mappi
             from safetensors.torch import save_file
 
             if heads:
-                raise NolabelError(f"{path}: a .safetensors checkpoint holds the backbone only; save heads to a .pt file")
+                raise NolabelError(f"{path}: a .safetensors checkpoint holds the backbone only; "
+                                   "save heads to a .pt file")
             save_file(body_sd, str(tmp), metadata={"format": NOLABEL_FORMAT, "model": backbone.architecture})
         else:
             torch.save({
@@ -371,7 +373,8 @@ def _safetensors_metadata(path: Path) -> dict[str, str]:
         return f.metadata() or {}
 
 
-def _check_strict(sd: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], wrapper: str, dialect: str) -> None:
+def _check_strict(sd: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], wrapper: str,
+                  dialect: str) -> None:
     missing = [k for k in target if k not in sd]
     unexpected = [k for k in sd if k not in target]
     shapes = [f"{k} {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"

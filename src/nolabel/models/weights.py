@@ -43,7 +43,8 @@ _VIT = Preprocessing(224, interpolation="bicubic")
 _SIMCLR = Preprocessing(224, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 _CIFAR = Preprocessing(32, mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010), crop_fraction=1.0)
 _SCAN_ZOO = "https://github.com/wvangansbeke/Unsupervised-Classification#model-zoo"
-_SCAN_NOTE = "SCAN's model zoo links to Google Drive files (simclr_cifar-10.pth.tar, scan_cifar-10.pth.tar, ...); download the file by hand."
+_SCAN_NOTE = ("SCAN's model zoo links to Google Drive files (simclr_cifar-10.pth.tar, scan_cifar-10.pth.tar, ...); "
+              "download the file by hand.")
 
 
 @dataclass(frozen=True)

@@ -214,8 +214,8 @@ def _train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClus
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(images)
     if n < max(config.batch_size, config.n_clusters):
-        raise NolabelError(f"{n} images are fewer than one batch ({config.batch_size}) or than k ({config.n_clusters}); "
-                           "lower --batch-size or --k")
+        raise NolabelError(f"{n} images are fewer than one batch ({config.batch_size}) or than k "
+                           f"({config.n_clusters}); lower --batch-size or --k")
     started = time.perf_counter()
     distributed.init()
     generator = torch.Generator().manual_seed(config.random_state)  # the global RNG: seeded by train_deepcluster
@@ -235,8 +235,8 @@ def _train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClus
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
     inputs = training_inputs(config, images)
-    begin_training(out_dir, "deepcluster", inputs, force, ("state.pt", "backbone.pt", "history.json", "assignments.npy"),
-                   "a DeepCluster training")
+    begin_training(out_dir, "deepcluster", inputs, force,
+                   ("state.pt", "backbone.pt", "history.json", "assignments.npy"), "a DeepCluster training")
     state_file = TrainingState(out_dir / "state.pt", inputs)
     history: list[dict[str, Any]] = []
     start_epoch, assignments, previous, bank, top_layer = 0, None, None, None, None
@@ -265,7 +265,8 @@ def _train_deepcluster(images: np.ndarray, out_dir: str | Path, config: DeepClus
         epoch_log: dict[str, Any] = {"epoch": epoch + 1}
         # 1. Cluster the current representation.
         if v2:
-            prototypes, assignments = cluster_memory_bank(bank.numpy(), config.n_clusters, config.heads, config.kmeans_iter,
+            prototypes, assignments = cluster_memory_bank(bank.numpy(), config.n_clusters, config.heads,
+                                                          config.kmeans_iter,
                                                           seed=config.random_state * 1000 + epoch * config.heads)
             prototypes = torch.from_numpy(prototypes)
             targets = torch.from_numpy(assignments)

@@ -95,9 +95,9 @@ def scan_loss_of_probabilities(probabilities: np.ndarray | torch.Tensor, neighbo
     entropy. Returns {"total", "consistency", "entropy"}.
 
     Computed in chunks of `chunk_rows` anchors (default: as many as fit `memory_bytes` of working
-    memory, default LOSS_CHUNK_BYTES), never as an (N, M, K) tensor. The probabilities stay in their own dtype; every sum is
-    taken in float64 (a product of two float32 is exact in float64), so the result equals the float64
-    formula up to float64 rounding. A memmap larger than `block_bytes` (default LOSS_BLOCK_BYTES) is
+    memory, default LOSS_CHUNK_BYTES), never as an (N, M, K) tensor. The probabilities stay in their own
+    dtype; every sum is taken in float64 (a product of two float32 is exact in float64), so the result
+    equals the float64 formula up to float64 rounding. A memmap larger than `block_bytes` (default LOSS_BLOCK_BYTES) is
     read in row blocks of that size, two at a time, and the pages read are released: memory stays
     about 2 x block_bytes + memory_bytes whatever N.
     """

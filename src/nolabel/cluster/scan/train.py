@@ -233,7 +233,8 @@ def _train(model: nn.Module, heads: ClusterHeads, inputs, neighbors: np.ndarray,
             anchors = order[step * config.batch_size:(step + 1) * config.batch_size]
             pick = torch.randint(0, candidates.shape[1], (len(anchors),), generator=generator).numpy()
             partners = candidates[anchors, pick]
-            x = torch.cat([inputs.batch(anchors, True, generator, local), inputs.batch(partners, True, generator, local)])
+            x = torch.cat([inputs.batch(anchors, True, generator, local),
+                           inputs.batch(partners, True, generator, local)])
             x = x.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 outputs = ddp_model(x)
