@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -182,3 +183,37 @@ def digits_run(run_dir: Path, k: int = 10, n_train: int = 1200) -> Path:
     stores = [write_store(run_dir / "features" / folder, pixels[rows], ds.labels[rows], ds.item_names[rows],
                           manifest) for folder, rows in parts.items()]
     return cluster_run(run_dir, stores, k)
+
+
+HOSTILE_NAMES = ['<img src=x onerror="window.pwned=1">.png', "<em class=injected>x<em>.png", 'a & "b".png']
+
+
+def image_folder(root: Path, names: list[str], seed: int = 0) -> Path:
+    """Small RGB PNGs in three colour families, so k-means on their pixels finds three groups."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    for i, name in enumerate(names):
+        base = np.zeros(3)
+        base[i % 3] = 200
+        pixels = np.clip(base + rng.normal(0, 25, (12, 12, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / name)
+    return root
+
+
+def pixel_store(path: Path, spec: str):
+    """A feature store of a dataset's raw pixels, as the extractor would write it."""
+    from nolabel.data import load
+    from nolabel.store import write_store
+
+    ds = load(spec)
+    pixels = np.stack([np.asarray(ds[i][0].resize((8, 8)), np.float32).ravel() / 255 for i in range(len(ds))])
+    return write_store(path, pixels, ds.labels, ds.item_names,
+                       {"dataset": spec, "model": "pixels", "classes": ds.classes, "seconds": 0.01})
+
+
+def hostile_names_run(tmp_path: Path, n_plain: int) -> Path:
+    """A clustered unlabelled folder whose file names are HTML (HOSTILE_NAMES) among `n_plain` plain ones."""
+    names = HOSTILE_NAMES + [f"plain-{i}.png" for i in range(n_plain)]
+    folder = image_folder(tmp_path / "photos", names)
+    store = pixel_store(tmp_path / "run" / "features" / "photos", f"images:{folder}")
+    return cluster_run(tmp_path / "run", [store], k=3, pca_components=8)

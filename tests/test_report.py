@@ -4,13 +4,13 @@ from __future__ import annotations
 import csv
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 import report_helpers
-from report_helpers import cluster_run, console_errors, digits_run
+from report_helpers import (HOSTILE_NAMES, cluster_run, console_errors, digits_run, hostile_names_run,
+                            image_folder, pixel_store)
 
 from nolabel.cli import main as cli_main
 from nolabel.clustering import SourceAssignments, read_assignments
@@ -22,32 +22,9 @@ from nolabel.store import write_store
 
 chromium, open_page = report_helpers.chromium, report_helpers.open_page  # the fixtures of the browser tests
 # File names a browser would run or render if the page pasted them in as markup (no "/" in a name).
-HOSTILE_NAMES = ['<img src=x onerror="window.pwned=1">.png', "<em class=injected>x<em>.png", 'a & "b".png']
 
 
 quick_map, digits = report_helpers.quick_map, report_helpers.digits  # the module's map stand-in, a digits run
-
-
-def image_folder(root: Path, names: list[str], seed: int = 0) -> Path:
-    """Small RGB PNGs in three colour families, so k-means on their pixels finds three groups."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True)
-    for i, name in enumerate(names):
-        base = np.zeros(3)
-        base[i % 3] = 200
-        pixels = np.clip(base + rng.normal(0, 25, (12, 12, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(root / name)
-    return root
-
-
-def pixel_store(path: Path, spec: str):
-    """A feature store of a dataset's raw pixels, as the extractor would write it."""
-    from nolabel.data import load
-
-    ds = load(spec)
-    pixels = np.stack([np.asarray(ds[i][0].resize((8, 8)), np.float32).ravel() / 255 for i in range(len(ds))])
-    return write_store(path, pixels, ds.labels, ds.item_names,
-                       {"dataset": spec, "model": "pixels", "classes": ds.classes, "seconds": 0.01})
 
 
 def dom_text(driver) -> str:
@@ -180,10 +157,8 @@ def test_scan_run_report_shows_self_labeling_first_and_switches_clusterings(tmp_
 
 
 def test_unlabelled_folder_with_html_names(tmp_path, open_page):
-    names = HOSTILE_NAMES + [f"plain-{i}.png" for i in range(15)]
-    folder = image_folder(tmp_path / "photos", names)
-    store = pixel_store(tmp_path / "run" / "features" / "photos", f"images:{folder}")
-    run_dir = cluster_run(tmp_path / "run", [store], k=3, pca_components=8)
+    run_dir = hostile_names_run(tmp_path, n_plain=15)
+    folder, names = tmp_path / "photos", HOSTILE_NAMES + [f"plain-{i}.png" for i in range(15)]
     report = write_report(run_dir)
 
     html = report.read_text(encoding="utf-8")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import report_helpers
-from report_helpers import cluster_run, console_errors, digits_run, stand_in_umap
+from report_helpers import HOSTILE_NAMES, console_errors, digits_run, hostile_names_run, stand_in_umap
 
 from nolabel import record
 from nolabel.clustering import SourceAssignments, clustered_features, load_clustering, outliers
@@ -21,7 +21,6 @@ from nolabel.report.montage import pick_members
 from nolabel.similar import similar
 
 chromium, open_page = report_helpers.chromium, report_helpers.open_page  # the fixtures of the browser tests
-HOSTILE_NAMES = ['<img src=x onerror="window.pwned=1">.png', "<em class=injected>x<em>.png", 'a & "b".png']
 UMAP = embedding._umap
 
 
@@ -231,12 +230,7 @@ def test_uncertain_images_and_similar_images_are_the_true_ones(digits, open_page
 
 
 def test_hostile_names_in_the_map_and_the_similar_panel(tmp_path, open_page):
-    from test_report import image_folder, pixel_store
-
-    names = HOSTILE_NAMES + [f"plain-{i}.png" for i in range(27)]
-    folder = image_folder(tmp_path / "photos", names)
-    store = pixel_store(tmp_path / "run" / "features" / "photos", f"images:{folder}")
-    run_dir = cluster_run(tmp_path / "run", [store], k=3, pca_components=8)
+    run_dir = hostile_names_run(tmp_path, n_plain=27)
     report = write_report(run_dir, progress=False)
     html = report.read_text(encoding="utf-8")
     assert "<em class=injected>" not in html and 'onerror="window.pwned' not in html
