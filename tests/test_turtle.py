@@ -2,6 +2,7 @@
 the partition, resume, the estimator, the stage from files with self-labeling, and the command."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -40,8 +41,8 @@ def test_inner_and_outer_losses_hand_computed():
     inner_b = (-(3 / 8 * ln(3 / 4) + 5 / 8 * ln(1 / 4)) + ln(2)) / 2
     assert float(inner_loss(classifiers, tau)) == pytest.approx(inner_a + inner_b, abs=1e-6)
     assert float(inner_loss(classifiers[:1], tau)) == pytest.approx(inner_a, abs=1e-6)
-    # mean labelling (9/16, 7/16); outer = inner - gamma * its entropy
-    entropy = -(9 / 16 * ln(9 / 16) + 7 / 16 * ln(7 / 16))
+    # each space's mean labelling: A (1/2, 1/2), B (5/8, 3/8); outer = inner - gamma * their entropies
+    entropy = ln(2) - (5 / 8 * ln(5 / 8) + 3 / 8 * ln(3 / 8))
     loss = turtle_loss(task, classifiers, gamma=2.0)
     assert float(loss.entropy) == pytest.approx(entropy, abs=1e-6)
     assert float(loss.fit) == pytest.approx(inner_a + inner_b, abs=1e-6)
@@ -65,7 +66,7 @@ def _blobs(n_per: int, k: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.
     return (centres[y] + rng.normal(0, 0.5, (len(y), dim))).astype(np.float32), y
 
 
-FAST = dict(epochs=60, outer_lr=1e-2, inner_lr=1e-2, n_restarts=1, device="cpu")
+FAST = dict(steps=60, outer_lr=1e-2, inner_lr=1e-2, n_restarts=1, device="cpu")
 
 
 def test_no_collapse_balanced_separable_data_gives_balanced_clusters():
@@ -87,7 +88,7 @@ def test_two_spaces_recover_a_partition_neither_space_alone_determines():
         return (centres[np.asarray(groups)[y]] + rng.normal(0, 0.5, (len(y), 6))).astype(np.float32)
 
     a, b = space([0, 0, 1, 2]), space([0, 1, 2, 2])  # A confuses classes 0/1, B confuses 2/3
-    config = dict(n_clusters=4, epochs=150, outer_lr=1e-2, inner_lr=1e-2, n_restarts=1, device="cpu")
+    config = dict(n_clusters=4, steps=150, outer_lr=1e-2, inner_lr=1e-2, n_restarts=1, device="cpu")
     alone = [evaluate(y, TURTLE(**config).fit_predict([z]))["acc"] for z in (a, b)]
     both = TURTLE(**config).fit([a, b])
     assert max(alone) < 0.85
@@ -95,18 +96,20 @@ def test_two_spaces_recover_a_partition_neither_space_alone_determines():
     np.testing.assert_array_equal(both.predict([a, b]), both.labels_)
 
 
-def test_resume_continues_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("inner_start", ["cold", "warm"])
+def test_resume_continues_exactly(tmp_path, monkeypatch, inner_start):
     from test_scan import interrupt_after
 
     x, _ = _blobs(30, 3, 5)
     spaces = [x, x[:, ::-1] ** 2]
-    config = TurtleConfig(n_clusters=3, epochs=4, batch_size=40, n_restarts=2, inner_steps=3, outer_lr=1e-2,
-                          device="cpu")
+    config = TurtleConfig(n_clusters=3, steps=4, batch_size=40, n_restarts=2, inner_steps=3, outer_lr=1e-2,
+                          inner_start=inner_start, device="cpu")
     full = train_turtle(spaces, config, out_dir=tmp_path / "full", show_progress=False)
     with monkeypatch.context() as m:
         interrupt_after(m, 2)  # in the first restart
         with pytest.raises(KeyboardInterrupt):
             train_turtle(spaces, config, out_dir=tmp_path / "resumed", show_progress=False)
+    # the state's "epoch" counts outer steps here
     assert torch.load(tmp_path / "resumed" / "turtle_state_0.pt", weights_only=True)["epoch"] == 2
     assert not (tmp_path / "resumed" / "turtle_state_1.pt").exists()
     resumed = train_turtle(spaces, config, out_dir=tmp_path / "resumed", show_progress=False)
@@ -120,7 +123,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 def test_restarts_are_chosen_without_labels():
     x, y = _blobs(40, 3, 6)
     for selection in ("loss", "generalization"):
-        model = TURTLE(n_clusters=3, epochs=20, outer_lr=1e-2, inner_lr=1e-2, n_restarts=3, selection=selection,
+        model = TURTLE(n_clusters=3, steps=20, outer_lr=1e-2, inner_lr=1e-2, n_restarts=3, selection=selection,
                        device="cpu").fit(x)
         key = "loss" if selection == "loss" else "generalization"
         values = [r[key] for r in model.restarts_]
@@ -136,7 +139,7 @@ def test_estimator_checks_its_input():
         TURTLE(n_clusters=1, **FAST).fit(x)
     with pytest.raises(NolabelValueError, match="NaN"):
         TURTLE(n_clusters=2, **FAST).fit([np.full_like(x, np.nan)])
-    model = TURTLE(n_clusters=2, **{**FAST, "epochs": 2}).fit([x, x])
+    model = TURTLE(n_clusters=2, **{**FAST, "steps": 2}).fit([x, x])
     with pytest.raises(NolabelValueError, match="widths"):
         model.predict([x, x[:, :2]])
     proba = model.predict_proba([x, x])
@@ -158,7 +161,7 @@ def test_stage_writes_the_clustering_assigns_eval_sets_resumes_and_self_labels(t
     held, held_y = _blobs(10, 3, 6)  # the same centres (seed 0), other noise draws are not needed here
     a, b = _stores(tmp_path, x, y, "a"), _stores(tmp_path, x[:, ::-1].copy(), y, "b")
     ea, eb = _stores(tmp_path, held, held_y, "ea"), _stores(tmp_path, held[:, ::-1].copy(), held_y, "eb")
-    config = TurtleConfig(n_clusters=3, epochs=30, outer_lr=1e-2, inner_lr=1e-2, n_restarts=2, device="cpu")
+    config = TurtleConfig(n_clusters=3, steps=100, outer_lr=1e-2, inner_lr=1e-2, n_restarts=2, device="cpu")
     out = tmp_path / "turtle"
     metrics = run_turtle(out, [a.path, b.path], pca_components=4, config=config,
                          eval_features=[[ea.path, eb.path]], show_progress=False)
@@ -172,7 +175,7 @@ def test_stage_writes_the_clustering_assigns_eval_sets_resumes_and_self_labels(t
     assert (out / "turtle.pt").stat().st_mtime_ns == stamp  # finished: nothing recomputed
     with pytest.raises(NolabelError, match="other settings"):
         run_turtle(out, [a.path, b.path], config=config, show_progress=False)
-    with pytest.raises(NolabelError, match="one feature folder per space"):
+    with pytest.raises(NolabelError, match="one feature folder per backbone"):
         run_turtle(tmp_path / "other", [a.path, b.path], config=config, eval_features=[[ea.path]])
 
     sl = run_turtle_selflabel(out, tmp_path / "selflabel", [a.path, b.path],
@@ -187,7 +190,7 @@ def test_stage_writes_the_clustering_assigns_eval_sets_resumes_and_self_labels(t
         found, confidence = assign(folder, [ea, eb])
         assert np.array_equal(found, load_clustering(folder).assignments["ea"].cluster)
         assert confidence.shape == (len(held),) and (confidence > 0).all()
-    with pytest.raises(NolabelError, match="one feature array per space"):
+    with pytest.raises(NolabelError, match="one feature array per backbone"):
         assign(out, ea.features)
 
 
@@ -196,7 +199,7 @@ def test_cli_turtle(tmp_path, capsys):
 
     x, y = _blobs(40, 3, 6)
     a, b = _stores(tmp_path, x, y, "a"), _stores(tmp_path, x ** 2, y, "b")
-    code = main(["turtle", "--features", str(a.path), str(b.path), "--n-clusters", "3", "--epochs", "30",
+    code = main(["turtle", "--features", str(a.path), str(b.path), "--n-clusters", "3", "--steps", "30",
                  "--outer-lr", "0.01", "--inner-lr", "0.01", "--restarts", "1", "--device", "cpu",
                  "--out", str(tmp_path / "t"), "--quiet"])
     assert code == 0
@@ -212,7 +215,7 @@ def test_run_turtle_over_the_runs_space_and_another_then_self_labels(tmp_path):
 
     overrides = ["name=t", "data.train=digits", "model.name=pixels", "extract.image_size=8", "pca.n_components=16",
                  "baseline.enabled=false", "report=false", "turtle.spaces=[pixels@16]", "turtle.pca=32",
-                 "turtle.epochs=20", "turtle.n_restarts=1", "turtle.outer_lr=0.01", "turtle.inner_lr=0.01",
+                 "turtle.steps=20", "turtle.n_restarts=1", "turtle.outer_lr=0.01", "turtle.inner_lr=0.01",
                  "turtle.device=cpu", "selflabel.epochs=1", "selflabel.threshold=0.9", "selflabel.device=cpu"]
     summary = run(load_config(None, overrides), tmp_path / "r", progress=False, log=lambda line: None)
     families = [row["family"] for row in summary["rows"]]
@@ -238,7 +241,7 @@ def test_turtle_is_a_method_of_the_label_free_choice(tmp_path):
 
     overrides = ["data.train=digits", "select.spaces=[pixels@8, pixels@16]", "select.n_clusters=[10]",
                  "select.methods=[kmeans, turtle]", "select.sample_size=500", "select.criterion=generalization",
-                 "baseline.enabled=false", "report=false", "turtle.epochs=20", "turtle.n_restarts=1",
+                 "baseline.enabled=false", "report=false", "turtle.steps=20", "turtle.n_restarts=1",
                  "turtle.pca=32", "turtle.outer_lr=0.01", "turtle.inner_lr=0.01", "turtle.device=cpu"]
     summary = run(load_config(None, overrides), tmp_path / "r", progress=False, log=lambda line: None)
     methods = [row["method"] for row in summary["rows"]]
@@ -246,3 +249,56 @@ def test_turtle_is_a_method_of_the_label_free_choice(tmp_path):
     assert all("generalization" in row["label_free"] for row in summary["rows"])
     with pytest.raises(NolabelError, match="add a turtle section"):
         load_config(None, ["select.methods=[kmeans, turtle]"])
+
+
+def test_split_levels_reads_each_level_of_a_multilevel_feature_as_a_space(tmp_path):
+    from nolabel.clustering import assign, load_clustering
+    from nolabel.models import feature_parts
+
+    # efficientnet_lite0_multilevel's six levels, synthetic: levels 0-2 confuse classes 0 and 1, levels 3-5
+    # classes 2 and 3
+    parts = feature_parts("efficientnet_lite0_multilevel")
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 40)
+
+    def level(width: int, groups: list[int]) -> np.ndarray:
+        centres = rng.normal(0, 1, (max(groups) + 1, width))
+        return centres[np.asarray(groups)[y]] + rng.normal(0, 0.3, (len(y), width))
+
+    x = np.concatenate([level(w, [0, 0, 1, 2] if i < 3 else [0, 1, 2, 2]) for i, w in enumerate(parts)], axis=1)
+    store = _stores(tmp_path, x.astype(np.float32), y, "efficientnet_lite0_multilevel")
+    config = TurtleConfig(n_clusters=4, steps=150, outer_lr=1e-2, n_restarts=1, device="cpu")
+    metrics = run_turtle(tmp_path / "split", [store.path], pca_components=8, split_levels=True, config=config,
+                         show_progress=False)
+    summary = json.loads((tmp_path / "split" / "turtle.json").read_text())
+    assert summary["parts"] == [list(parts)] and summary["dims"] == [8] * 6
+    assert sorted(p.name for p in (tmp_path / "split").glob("pca_*.npz")) == [f"pca_{i}.npz" for i in range(6)]
+    assert metrics["train"]["fit_on_eval"]["acc"] == 1.0
+    found, _ = assign(tmp_path / "split", [store])  # new images are cut into the same levels
+    assert np.array_equal(found, load_clustering(tmp_path / "split").assignments["train"].cluster)
+    # without split_levels the same store is one space
+    whole = run_turtle(tmp_path / "whole", [store.path], pca_components=8, config=config, show_progress=False)
+    assert json.loads((tmp_path / "whole" / "turtle.json").read_text())["parts"] == [[sum(parts)]]
+    assert whole["train"]["n"] == len(y)
+
+
+def test_config_counts_outer_steps_and_names_the_old_key():
+    from nolabel.config import load_config
+
+    with pytest.raises(NolabelError, match="epochs is now steps"):
+        load_config(None, ["turtle.epochs=30"])
+    with pytest.raises(NolabelError, match="inner_start"):
+        load_config(None, ["turtle.inner_start=lukewarm"])
+    cfg = load_config(None, ["turtle.steps=30", "turtle.split_levels=true"])
+    assert cfg.turtle.library_config().steps == 30 and cfg.turtle.split_levels
+
+
+def test_cold_start_draws_fresh_classifiers_every_step():
+    x, _ = _blobs(30, 3, 5)
+    runs = {start: train_turtle([x], TurtleConfig(n_clusters=3, steps=5, inner_steps=2, n_restarts=1,
+                                                  inner_start=start, device="cpu"), show_progress=False)
+            for start in ("cold", "warm")}
+    # after the first step a warm start's classifiers have trained on the earlier batches too: they fit
+    # the labelling better than the 2 steps of fresh ones do
+    cold, warm = ([h["fit"] for h in runs[s].history[0]] for s in ("cold", "warm"))
+    assert all(w < c for c, w in zip(cold[2:], warm[2:])), (cold, warm)

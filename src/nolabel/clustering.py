@@ -353,7 +353,7 @@ def assign(clustering: Clustering | str | os.PathLike, features: np.ndarray | Fe
 
     features: (M, D) features of the clustering's backbone (an array or a FeatureStore) - for
     clusterings of frozen features (k-means, SCAN and self-labeling heads); for TURTLE a list of them,
-    one per space it combined; data: a dataset spec, for
+    one per backbone it read; data: a dataset spec, for
     a whole-network SCAN or self-labeling clustering, whose images go through the network it trained.
     """
     clustering = clustering if isinstance(clustering, Clustering) else load_clustering(clustering)
@@ -384,12 +384,12 @@ def assign(clustering: Clustering | str | os.PathLike, features: np.ndarray | Fe
 
 def _assign_turtle(clustering: Clustering, features) -> tuple[np.ndarray, np.ndarray]:
     """TURTLE (or its self-labeling) reads several spaces: `features` is one (M, D_i) array or
-    FeatureStore per space, in the order of `clustering.info["assign"]["spaces"]`."""
+    FeatureStore per backbone, in the order of `clustering.info["assign"]["spaces"]`."""
     from .cluster.turtle import predict_turtle
 
     how = clustering.info["assign"]
     if not isinstance(features, (list, tuple)) or len(features) != len(how["spaces"]):
-        raise NolabelError(f"{clustering.path}: a TURTLE clustering assigns one feature array per space it combined "
+        raise NolabelError(f"{clustering.path}: a TURTLE clustering assigns one feature array per backbone it read "
                            f"({len(how['spaces'])}: {', '.join(how['spaces'])}); pass them as a list in that order")
     arrays = [f.features if isinstance(f, FeatureStore) else np.asarray(f) for f in features]
     selflabel = clustering.path / how["selflabel"] if how.get("selflabel") else None

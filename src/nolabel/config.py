@@ -195,23 +195,24 @@ class SelfLabelConfig:
 
 
 TURTLE_SELECTIONS = ("loss", "generalization")
+TURTLE_INNER_STARTS = ("cold", "warm")
 
 
 @dataclass
 class TurtleConfig:
     """Hyper-parameters of TURTLE (`nolabel.cluster.turtle`; Gadetsky, Jiang & Brbic, ICML 2024).
-    Defaults: the paper's gamma, inner steps and batch size; the learning rates, epochs and restarts are
-    this project's, measured in benchmarks/fashion_mnist.py."""
+    Defaults: the paper's gamma, inner steps, batch size, outer learning rate and cold-started inner
+    classifiers; the inner learning rate, steps and restarts are this project's, measured in
+    benchmarks/fashion_mnist.py (see BENCHMARKS.md, "TURTLE: what was tried")."""
 
     n_clusters: int = 10
-    gamma: float = 10.0  # weight of the entropy of the mean labelling (keeps clusters from collapsing)
-    inner_steps: int = 10  # Adam steps of each space's linear classifier per outer step (warm-started)
-    # Adam. The paper's 1e-3 for both left the labelling near uniform within a CPU's budget of outer steps
-    # (benchmarks/fashion_mnist.py); 1e-2 converged
-    inner_lr: float = 1e-2
-    outer_lr: float = 1e-2  # the task encoder
-    epochs: int = 100  # passes over the data; one outer step per batch
+    gamma: float = 10.0  # weight of the spaces' mean-labelling entropies (keeps clusters from collapsing)
+    inner_steps: int = 10  # Adam steps of each space's linear classifier per outer step
+    inner_lr: float = 1e-2  # Adam; the paper's 1e-3 with features scaled here fits too little in 10 steps
+    outer_lr: float = 1e-3  # Adam, the task encoder
+    steps: int = 1500  # outer steps (the paper's T), each on a batch drawn at random
     batch_size: int = 10_000  # clipped to the number of images
+    inner_start: str = "cold"  # cold: fresh classifiers every outer step (the paper's); warm: kept from the last
     n_restarts: int = 3  # independent runs; the best by `selection` (no label) is kept
     selection: str = "loss"  # loss: the lowest TURTLE loss over all images; generalization: nolabel.select's
     random_state: int = 0
@@ -220,8 +221,9 @@ class TurtleConfig:
     def validate(self) -> None:
         _choice("device", self.device, DEVICES)
         _choice("turtle.selection", self.selection, TURTLE_SELECTIONS)
+        _choice("turtle.inner_start", self.inner_start, TURTLE_INNER_STARTS)
         _at_least("turtle.n_clusters", self.n_clusters, 2)
-        for name in ("inner_steps", "epochs", "n_restarts"):
+        for name in ("inner_steps", "steps", "n_restarts"):
             _at_least(f"turtle.{name}", getattr(self, name), 1)
         _at_least("turtle.batch_size", self.batch_size, 2)
         if self.gamma < 0 or self.inner_lr <= 0 or self.outer_lr <= 0:
@@ -375,6 +377,8 @@ class TurtleStageConfig(TurtleConfig):
     # select.spaces names them (MODEL or MODEL@SIZE); under select, TURTLE reads select.spaces and these
     spaces: list[str] = field(default_factory=list)
     pca: int | None = None  # each space wider than this to this many PCA dimensions (null: as they are)
+    # a multi-level feature (efficientnet_lite0_multilevel) as one space per level rather than one space
+    split_levels: bool = False
 
     def validate(self) -> None:
         if self.pca is not None:
@@ -489,7 +493,8 @@ class RunConfig:
 
 
 # keys of earlier versions -> their names now
-RENAMED = {"k": "n_clusters", "seed": "random_state", "mine_neighbors": "n_neighbors", "num_neighbors": "n_neighbors"}
+RENAMED = {"k": "n_clusters", "seed": "random_state", "mine_neighbors": "n_neighbors", "num_neighbors": "n_neighbors",
+           "epochs": "steps"}  # TURTLE counts outer steps, as its paper does
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> RunConfig:

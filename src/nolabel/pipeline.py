@@ -381,12 +381,12 @@ def _turtle_stages(job: _Job, spaces: list[_Space], specs: list[str], k: int, ro
 
     def train_turtle() -> None:
         train, evals = sets()
-        run_turtle(root / "turtle", train, pca_components=cfg.turtle.pca,
+        run_turtle(root / "turtle", train, pca_components=cfg.turtle.pca, split_levels=cfg.turtle.split_levels,
                    config=replace(cfg.turtle.library_config(), n_clusters=k), eval_features=evals,
                    evaluate=cfg.evaluate, force=True, show_progress=job.progress)
         job.rows.append(_row(job, root / "turtle", family))
 
-    yield Stage(f"turtle{label}", root / "turtle", f"{len(spaces)} space(s), K = {k}, "
+    yield Stage(f"turtle{label}", root / "turtle", f"{len(spaces)} backbone(s), K = {k}, "
                 f"{cfg.turtle.n_restarts} restart(s)", train_turtle)
     if selflabel:
         def train_selflabel() -> None:

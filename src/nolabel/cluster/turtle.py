@@ -1,25 +1,32 @@
 """TURTLE (Gadetsky, Jiang & Brbic, ICML 2024, "Let Go of Your Labels with Unsupervised Transfer"),
 re-implemented from the paper: the labelling of a dataset whose linear classifiers, trained in each of
-several frozen feature spaces, fit it best.
+several frozen feature spaces, generalise best.
 
-Spaces i = 1..M hold features Z_i (N, D_i), each row L2-normalised. A task encoder - one linear map
-W_i (D_i -> K) per space - labels an image with the mean of the spaces' softmaxes,
+Spaces i = 1..M hold features Z_i (N, D_i). Each is centred and scaled to unit variance per coordinate
+on average (one scalar per space, so its geometry is kept): how far a few inner steps get depends on
+the features' scale, and the paper's spaces (CLIP, DINOv2) have coordinates of about that size. A
+task encoder - one weight-normalised linear map W_i (D_i -> K) per space, which the paper finds crucial
+- labels an image with the mean of the spaces' softmaxes,
 
-    tau(x) = 1/M sum_i softmax(W_i z_i(x))                                   (N, K), rows sum to 1.
+    tau(x) = 1/M sum_i tau_i(x),  tau_i(x) = softmax(W_i z_i(x))             (N, K), rows sum to 1.
 
 Inner problem: per space a linear classifier w_i (D_i -> K) learns the current labelling with the
-soft cross-entropy ``inner(w_i) = -mean_x sum_k tau_k(x) log softmax(w_i z_i(x))_k``; it takes
-`inner_steps` Adam steps per batch and is warm-started from where the previous batch left it.
-Outer problem: the task encoder lowers those classifiers' loss on its labelling while keeping the
-batch's mean labelling spread over the K clusters,
+soft cross-entropy ``inner(w_i) = -mean_x sum_k tau_k(x) log softmax(w_i z_i(x))_k`` in `inner_steps`
+Adam steps on the batch; by default from a fresh random start every outer step (the paper's "cold
+start": the loss then measures how fast a labelling is learnt, not whether it can be fitted at all -
+in a wide space almost any balanced labelling can be). Outer problem: the task encoder lowers those
+classifiers' loss on its labelling while keeping each space's mean labelling spread over the K
+clusters,
 
-    outer(W) = sum_i inner(w_i) - gamma * H(mean_x tau(x)),    H(p) = -sum_k p_k log p_k.
+    outer(W) = sum_i inner(w_i) - gamma * sum_i H(mean_x tau_i(x)),    H(p) = -sum_k p_k log p_k.
 
 The outer gradient goes around the inner loop (the paper's efficient first-order variant: the
 adapted classifiers are constants of the outer step, so the gradient flows through the labelling
-only). `n_restarts` independent runs are made; the one kept is chosen without labels, by the lowest
-outer loss over all images (`selection="loss"`) or by the highest generalization score of
-`nolabel.select` averaged over the spaces (`selection="generalization"`).
+only). Each outer step draws a batch at random, as the paper does. `n_restarts` independent runs are
+made; the one kept is chosen without labels, by the lowest outer loss over all images
+(`selection="loss"`) or by the highest generalization score of `nolabel.select` averaged over the
+spaces (`selection="generalization"`). The kept task encoder is saved as plain linear maps on the
+spaces' features as given (the scaling and the weight normalisation folded into their weights).
 
 - `turtle_loss`, `inner_loss`, `labelling`: the objective on a batch;
 - `train_turtle`: every restart (resumable via `nolabel.training.TrainingState`), the kept one's
@@ -51,6 +58,7 @@ from ..training import TrainingState, load_result, progress, seeded, training_in
 
 _DEFAULTS = TurtleConfig()
 PREDICT_BATCH = 65_536  # rows per forward pass when whole datasets are labelled
+STATES_PER_RESTART = 20  # a restart saves its state (and a history entry) this many times
 
 
 # --------------------------------------------------------------------------- the objective
@@ -58,7 +66,7 @@ PREDICT_BATCH = 65_536  # rows per forward pass when whole datasets are labelled
 class TurtleLoss(NamedTuple):
     total: torch.Tensor  # fit - gamma * entropy: what the task encoder minimises
     fit: torch.Tensor  # sum over spaces of the classifiers' soft cross-entropy on the labelling
-    entropy: torch.Tensor  # H(mean labelling), natural log; log K at most
+    entropy: torch.Tensor  # sum over spaces of H(that space's mean labelling), natural log; M log K at most
 
 
 class SpaceLinears(nn.Module):
@@ -71,28 +79,72 @@ class SpaceLinears(nn.Module):
         self.maps = nn.ModuleList(nn.Linear(d, self.n_clusters) for d in self.dims)
 
     def forward(self, spaces: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return [linear(z) for linear, z in zip(self.maps, spaces)]
+        # the (K, B) product viewed as (B, K): with K = 10, ~4x faster than F.linear on a CPU
+        # (benchmarks/turtle_speed.py); the softmaxes below then run over the first dimension
+        return [torch.addmm(linear.bias[:, None], linear.weight, z.t()).t() for linear, z in zip(self.maps, spaces)]
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """torch's default initialisation of a linear layer, U(-1/sqrt(D), 1/sqrt(D)) for weights and
+        biases, drawn from `generator` (a CPU one: the same draws on every device)."""
+        for linear in self.maps:
+            bound = linear.in_features ** -0.5
+            for parameter in (linear.weight, linear.bias):
+                parameter.copy_(torch.empty(parameter.shape).uniform_(-bound, bound, generator=generator))
+
+    def weight_normalise(self) -> "SpaceLinears":
+        """Train each map as W = g v / ||v|| (per output row), the paper's task encoder."""
+        for linear in self.maps:
+            nn.utils.parametrizations.weight_norm(linear)
+        return self
+
+    @torch.no_grad()
+    def fold(self, shifts: Sequence[np.ndarray], scales: Sequence[float]) -> "SpaceLinears":
+        """Plain maps on the unscaled features: W (z - shift) / scale + b = (W / scale) z + b - W shift / scale;
+        any weight normalisation is baked into the weights first."""
+        for linear, shift, scale in zip(self.maps, shifts, scales):
+            if nn.utils.parametrize.is_parametrized(linear):
+                nn.utils.parametrize.remove_parametrizations(linear, "weight")
+            weight = linear.weight / float(scale)
+            linear.bias -= weight @ torch.as_tensor(shift, dtype=weight.dtype, device=weight.device)
+            linear.weight.copy_(weight)
+        return self
+
+
+def _softmax(logits: torch.Tensor, log: bool = False) -> torch.Tensor:
+    """(log-)softmax over the K columns of (B, K) logits, computed on the transposed view: torch's CPU
+    kernel is ~15x slower over a last dimension as short as K = 10 than over the first one
+    (benchmarks/turtle_speed.py)."""
+    return (F.log_softmax if log else F.softmax)(logits.float().t(), dim=0).t()
+
+
+def space_labellings(task_logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """tau_i: each space's softmax of its task logits, [(B, K)]."""
+    return [_softmax(logits) for logits in task_logits]
 
 
 def labelling(task_logits: Sequence[torch.Tensor]) -> torch.Tensor:
     """tau: the mean over spaces of softmax(task logits), (B, K)."""
-    return torch.stack([F.softmax(logits.float(), dim=1) for logits in task_logits]).mean(0)
+    return torch.stack(space_labellings(task_logits)).mean(0)
 
 
 def inner_loss(classifier_logits: Sequence[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
     """Sum over spaces of the soft cross-entropy -mean_x sum_k targets_k log softmax(logits)_k."""
-    return sum(-(targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean() for logits in classifier_logits)
+    return sum(-(targets * _softmax(logits, log=True)).sum(1).mean() for logits in classifier_logits)
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * torch.log(p.clamp_min(1e-12))).sum()
 
 
 def turtle_loss(task_logits: Sequence[torch.Tensor], classifier_logits: Sequence[torch.Tensor],
                 gamma: float) -> TurtleLoss:
     """The outer objective of a batch: the classifiers' loss on the task encoder's labelling minus
-    gamma times the entropy of the batch's mean labelling. Gradients reach whatever produced the
-    logits; the training passes the classifiers' logits detached (first-order update)."""
-    tau = labelling(task_logits)
-    fit = inner_loss(classifier_logits, tau)
-    mean = tau.mean(0)
-    entropy = -(mean * torch.log(mean.clamp_min(1e-12))).sum()
+    gamma times the entropies of each space's mean labelling over the batch. Gradients reach whatever
+    produced the logits; the training passes the classifiers' logits detached (first-order update)."""
+    per_space = space_labellings(task_logits)
+    fit = inner_loss(classifier_logits, torch.stack(per_space).mean(0))
+    entropy = sum(_entropy(p.mean(0)) for p in per_space)
     return TurtleLoss(fit - gamma * entropy, fit, entropy)
 
 
@@ -113,14 +165,15 @@ class TurtleHead(nn.Module):
 
 @dataclass
 class TurtleResult:
-    """The kept restart: its task encoder (on the CPU) and labelling tau (N, K) float32 of the training
-    images; every restart's whole-data loss terms (and generalization score when it chose)."""
+    """The kept restart: its task encoder (on the CPU, on the spaces as given) and labelling tau (N, K)
+    float32 of the training images; every restart's whole-data loss terms (and generalization score
+    when it chose)."""
 
     task: SpaceLinears
     probabilities: np.ndarray
     best_restart: int
     restarts: list[dict[str, float]]
-    history: list[list[dict[str, float]]] = field(default_factory=list)  # per restart, per epoch
+    history: list[list[dict[str, float]]] = field(default_factory=list)  # per restart, per saved state
     seconds: float = 0.0
     checkpoint: Path | None = None
 
@@ -130,8 +183,8 @@ class TurtleResult:
 
 
 def prepare_spaces(spaces: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """The spaces as float32 (N, D_i) arrays with L2-normalised rows (TURTLE's input; a zero row stays
-    zero); checked: at least one, 2-d, finite, the same N rows."""
+    """The spaces as C-contiguous float32 (N, D_i) arrays, checked: at least one, 2-d, finite, the same
+    N rows."""
     if isinstance(spaces, np.ndarray) and spaces.ndim == 2:
         spaces = [spaces]
     if len(spaces) == 0:
@@ -143,19 +196,27 @@ def prepare_spaces(spaces: Sequence[np.ndarray]) -> list[np.ndarray]:
             raise NolabelError(f"feature space {i}: expected an (N, D) array, got shape {z.shape}")
         if not np.isfinite(z).all():
             raise NolabelError(f"feature space {i}: contains NaN or infinity")
-        out.append(np.ascontiguousarray(z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)))
+        out.append(np.ascontiguousarray(z))
     rows = {len(z) for z in out}
     if len(rows) != 1:
         raise NolabelError(f"the feature spaces hold different numbers of rows: {[len(z) for z in out]}")
     return out
 
 
+def standardize(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(z - shift) / scale, shift (D,) the column means, scale the root of the mean column variance
+    (1 for a constant space): unit variance per coordinate on average, the space's geometry kept."""
+    shift = z.mean(0, dtype=np.float64)
+    scale = float(np.sqrt(np.mean(z.var(0, dtype=np.float64)))) or 1.0
+    return ((z - shift) / scale).astype(np.float32), shift, scale
+
+
 def train_turtle(spaces: Sequence[np.ndarray], config: TurtleConfig | None = None,
                  out_dir: str | Path | None = None, show_progress: bool = True) -> TurtleResult:
-    """TURTLE on frozen features: `spaces`, a list of M arrays (N, D_i) of the same N images (rows are
-    L2-normalised here). Runs `config.n_restarts` restarts and keeps the best by `config.selection`.
-    With `out_dir`, each restart saves its state there every epoch (turtle_state_R.pt) and resumes
-    from it; the kept task encoder is written to turtle.pt."""
+    """TURTLE on frozen features: `spaces`, a list of M arrays (N, D_i) of the same N images. Runs
+    `config.n_restarts` restarts and keeps the best by `config.selection`. With `out_dir`, each restart
+    saves its state there `STATES_PER_RESTART` times (turtle_state_R.pt) and resumes from it; the kept
+    task encoder is written to turtle.pt."""
     config = config or TurtleConfig()
     config.validate()
     spaces = prepare_spaces(spaces)
@@ -167,7 +228,8 @@ def train_turtle(spaces: Sequence[np.ndarray], config: TurtleConfig | None = Non
         out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     device = distributed.resolve_device(config.device)
-    on_device = [torch.from_numpy(z).to(device) for z in spaces]
+    scaled = [standardize(z) for z in spaces]
+    on_device = [torch.from_numpy(z).to(device) for z, _, _ in scaled]
     runs = [_train_restart(spaces, on_device, config, r, out, show_progress) for r in range(config.n_restarts)]
     restarts = [run[2] for run in runs]
     if config.selection == "generalization":
@@ -179,6 +241,7 @@ def train_turtle(spaces: Sequence[np.ndarray], config: TurtleConfig | None = Non
     else:
         best = int(np.argmin([s["loss"] for s in restarts]))
     task, probabilities, _ = runs[best]
+    task.fold([shift for _, shift, _ in scaled], [scale for _, _, scale in scaled])
     result = TurtleResult(task, probabilities, best, restarts, [s.pop("history") for s in restarts],
                           seconds=time.perf_counter() - started)
     if out is not None and distributed.is_main():
@@ -188,55 +251,62 @@ def train_turtle(spaces: Sequence[np.ndarray], config: TurtleConfig | None = Non
 
 def _train_restart(spaces: list[np.ndarray], on_device: list[torch.Tensor], config: TurtleConfig, restart: int,
                    out: Path | None, show_progress: bool) -> tuple[SpaceLinears, np.ndarray, dict[str, Any]]:
-    """One restart: (task encoder on the CPU, its labelling (N, K), its whole-data loss terms + history)."""
+    """One restart on the scaled spaces `on_device`: (task encoder on the CPU, still on the scaled spaces
+    and weight-normalised; its labelling (N, K); its whole-data loss terms + history). `spaces`, the
+    features as given, identify the data in the resume record."""
     device = on_device[0].device
     n, dims, k = len(spaces[0]), [z.shape[1] for z in spaces], config.n_clusters
     seed = config.random_state * 1009 + restart  # restarts of one seed never repeat another seed's
     with seeded(seed, device):
-        task, classifiers = SpaceLinears(dims, k), SpaceLinears(dims, k)
+        task, classifiers = SpaceLinears(dims, k).weight_normalise(), SpaceLinears(dims, k)
     task.to(device)
     classifiers.to(device)
     outer = torch.optim.Adam(task.parameters(), lr=config.outer_lr)
     inner = torch.optim.Adam(classifiers.parameters(), lr=config.inner_lr)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # batches and the classifiers' cold starts
     modules = {"task": task, "classifiers": classifiers}
     state = None
     if out is not None:
         state = TrainingState(out / f"turtle_state_{restart}.pt", training_inputs(
             config, *spaces, modules=modules, restart=restart))
     saved = state.load() if state is not None else None
-    first_epoch, history = 0, []
+    first_step, history = 0, []
     if saved is not None:
         TrainingState.restore(saved, modules, outer, generator)
-        inner.load_state_dict(saved["inner"])  # the classifiers' optimizer, saved beside the task encoder's
-        first_epoch, history = int(saved["epoch"]), list(saved["history"])
+        inner.load_state_dict(saved["inner"])  # the classifiers' optimizer (warm start), beside the task encoder's
+        first_step, history = int(saved["epoch"]), list(saved["history"])
     batch = min(config.batch_size, n)
-    steps = n // batch
-    epochs = progress(range(first_epoch, config.epochs), total=config.epochs - first_epoch,
-                      desc=f"turtle {restart + 1}/{config.n_restarts}", enabled=show_progress)
-    for epoch in epochs:
-        order = torch.randperm(n, generator=generator).to(device)
-        sums = np.zeros(3)
-        for step in range(steps):
-            rows = order[step * batch:(step + 1) * batch]
-            z = [space[rows] for space in on_device]
-            with torch.no_grad():
-                targets = labelling(task(z))
-            for _ in range(config.inner_steps):
-                inner.zero_grad(set_to_none=True)
-                inner_loss(classifiers(z), targets).backward()
-                inner.step()
-            with torch.no_grad():
-                adapted = classifiers(z)
-            loss = turtle_loss(task(z), adapted, config.gamma)
-            outer.zero_grad(set_to_none=True)
-            loss.total.backward()
-            outer.step()
-            sums += [loss.total.item(), loss.fit.item(), loss.entropy.item()]
-        mean = sums / steps
-        history.append({"epoch": epoch + 1, "loss": float(mean[0]), "fit": float(mean[1]), "entropy": float(mean[2])})
-        if state is not None:
-            state.save(epoch + 1, modules, outer, generator, history, inner=inner.state_dict())
+    every = max(1, config.steps // STATES_PER_RESTART)
+    sums, counted = np.zeros(3), 0
+    steps = progress(range(first_step, config.steps), total=config.steps - first_step,
+                     desc=f"turtle {restart + 1}/{config.n_restarts}", enabled=show_progress)
+    for step in steps:
+        rows = torch.randperm(n, generator=generator)[:batch].to(device)
+        z = [space[rows] for space in on_device]
+        task_logits = task(z)
+        targets = labelling(task_logits).detach()
+        if config.inner_start == "cold":
+            classifiers.reset_parameters(generator)
+            inner = torch.optim.Adam(classifiers.parameters(), lr=config.inner_lr)
+        for _ in range(config.inner_steps):
+            inner.zero_grad(set_to_none=True)
+            inner_loss(classifiers(z), targets).backward()
+            inner.step()
+        with torch.no_grad():
+            adapted = classifiers(z)
+        loss = turtle_loss(task_logits, adapted, config.gamma)
+        outer.zero_grad(set_to_none=True)
+        loss.total.backward()
+        outer.step()
+        sums += [loss.total.item(), loss.fit.item(), loss.entropy.item()]
+        counted += 1
+        if (step + 1) % every == 0 or step + 1 == config.steps:
+            mean = sums / counted
+            history.append({"step": step + 1, "loss": float(mean[0]), "fit": float(mean[1]),
+                            "entropy": float(mean[2])})
+            sums, counted = np.zeros(3), 0
+            if state is not None:
+                state.save(step + 1, modules, outer, generator, history, inner=inner.state_dict())
     probabilities, whole = _whole_data(task, classifiers, on_device, config.gamma)
     task.to("cpu")
     return task.eval(), probabilities, {**whole, "restart": restart, "seed": seed,
@@ -247,19 +317,21 @@ def _train_restart(spaces: list[np.ndarray], on_device: list[torch.Tensor], conf
 @torch.no_grad()
 def _whole_data(task: SpaceLinears, classifiers: SpaceLinears, on_device: list[torch.Tensor],
                 gamma: float) -> tuple[np.ndarray, dict[str, float]]:
-    """The labelling of every image (N, K) and the outer loss terms over all of them at once."""
+    """The labelling of every image (N, K) and the outer loss terms over all of them at once, with the
+    classifiers as the last outer step left them."""
     n = len(on_device[0])
-    taus, fit = [], 0.0
+    taus, space_sums, fit = [], [0.0] * len(on_device), 0.0
     for start in range(0, n, PREDICT_BATCH):
         z = [space[start:start + PREDICT_BATCH] for space in on_device]
-        tau = labelling(task(z))
+        per_space = space_labellings(task(z))
+        tau = torch.stack(per_space).mean(0)
         fit += float(inner_loss(classifiers(z), tau)) * len(tau)
+        space_sums = [total + p.sum(0) for total, p in zip(space_sums, per_space)]
         taus.append(tau.cpu())
-    probabilities = torch.cat(taus)
-    mean = probabilities.mean(0)
-    entropy = float(-(mean * torch.log(mean.clamp_min(1e-12))).sum())
+    entropy = float(sum(_entropy(total / n) for total in space_sums))
     fit /= n
-    return probabilities.numpy().astype(np.float32), {"loss": fit - gamma * entropy, "fit": fit, "entropy": entropy}
+    probabilities = torch.cat(taus).numpy().astype(np.float32)
+    return probabilities, {"loss": fit - gamma * entropy, "fit": fit, "entropy": entropy}
 
 
 def save_turtle(path: Path, result: TurtleResult, config: TurtleConfig) -> Path:
@@ -283,7 +355,7 @@ def load_turtle(path: str | Path) -> tuple[SpaceLinears, dict[str, Any]]:
 @torch.no_grad()
 def predict_proba_spaces(task: SpaceLinears, spaces: Sequence[np.ndarray], head: nn.Module | None = None
                          ) -> np.ndarray:
-    """tau (N, K) float32 of new images' features, one (N, D_i) array per space (L2-normalised here),
+    """tau (N, K) float32 of new images' features, one (N, D_i) array per space,
     on the CPU; `head` (a self-labeled `TurtleHead`) instead of the task encoder when given."""
     spaces = prepare_spaces(spaces)
     if [z.shape[1] for z in spaces] != task.dims:
@@ -302,7 +374,7 @@ class TURTLE(ClusterMixin, BaseEstimator):
     """TURTLE on frozen features of several spaces (Gadetsky et al. 2024) as a scikit-learn clusterer.
 
     X is a list of M arrays (N, D_i), the same N images in every space (a single (N, D) array is one
-    space); rows are L2-normalised inside. Parameters are `TurtleConfig`'s, with its defaults;
+    space). Parameters are `TurtleConfig`'s, with its defaults;
     `random_state` an int (None or a RandomState draw one); `device` "auto" trains on a GPU when one
     is visible. The batch is clipped to N.
 
@@ -314,17 +386,19 @@ class TURTLE(ClusterMixin, BaseEstimator):
 
     def __init__(self, n_clusters: int = _DEFAULTS.n_clusters, gamma: float = _DEFAULTS.gamma,
                  inner_steps: int = _DEFAULTS.inner_steps, inner_lr: float = _DEFAULTS.inner_lr,
-                 outer_lr: float = _DEFAULTS.outer_lr, epochs: int = _DEFAULTS.epochs,
-                 batch_size: int = _DEFAULTS.batch_size, n_restarts: int = _DEFAULTS.n_restarts,
-                 selection: str = _DEFAULTS.selection, random_state=_DEFAULTS.random_state,
+                 outer_lr: float = _DEFAULTS.outer_lr, steps: int = _DEFAULTS.steps,
+                 batch_size: int = _DEFAULTS.batch_size, inner_start: str = _DEFAULTS.inner_start,
+                 n_restarts: int = _DEFAULTS.n_restarts, selection: str = _DEFAULTS.selection,
+                 random_state=_DEFAULTS.random_state,
                  device: str = _DEFAULTS.device):
         self.n_clusters = n_clusters
         self.gamma = gamma
         self.inner_steps = inner_steps
         self.inner_lr = inner_lr
         self.outer_lr = outer_lr
-        self.epochs = epochs
+        self.steps = steps
         self.batch_size = batch_size
+        self.inner_start = inner_start
         self.n_restarts = n_restarts
         self.selection = selection
         self.random_state = random_state
@@ -356,12 +430,13 @@ class TURTLE(ClusterMixin, BaseEstimator):
         return self.predict_proba(X).argmax(1).astype(np.int64)
 
     def _config(self) -> TurtleConfig:
-        check_integers(self, ("n_clusters", "inner_steps", "epochs", "batch_size", "n_restarts"))
+        check_integers(self, ("n_clusters", "inner_steps", "steps", "batch_size", "n_restarts"))
         seed = integer_seed(self.random_state)
         config = TurtleConfig(n_clusters=self.n_clusters, gamma=self.gamma, inner_steps=self.inner_steps,
-                              inner_lr=self.inner_lr, outer_lr=self.outer_lr, epochs=self.epochs,
-                              batch_size=self.batch_size, n_restarts=self.n_restarts, selection=self.selection,
-                              random_state=seed, device=self.device)
+                              inner_lr=self.inner_lr, outer_lr=self.outer_lr, steps=self.steps,
+                              batch_size=self.batch_size, inner_start=self.inner_start,
+                              n_restarts=self.n_restarts, selection=self.selection, random_state=seed,
+                              device=self.device)
         try:
             config.validate()
         except NolabelError as e:
@@ -378,26 +453,46 @@ def _pca_file(space: int) -> str:
     return f"pca_{space}.npz"
 
 
-def _load_spaces(stores: Sequence[Any], folder: Path, fit_pca: int | None | bool = False) -> list[np.ndarray]:
-    """The stores' features as float32, each through its space's PCA in `folder` (pca_I.npz) when it has
-    one. `fit_pca` (training): the PCAs are made anew - to that many dimensions for each space wider
-    than it, none for the others (None: none at all)."""
+def store_parts(stores: Sequence[Any], split_levels: bool) -> list[list[int]]:
+    """Per store, the widths of the spaces it gives TURTLE: with `split_levels`, one per part its
+    model's feature concatenates (`nolabel.models.feature_parts`: a multi-level feature's levels, each
+    normalised on its own when extracted); else, or for a feature of one piece, its whole width."""
+    from ..models import feature_parts
+
+    out = []
+    for store in stores:
+        parts = feature_parts(store.manifest.get("model", "")) if split_levels else None
+        out.append(list(parts) if parts and sum(parts) == store.dim else [store.dim])
+    return out
+
+
+def _load_spaces(stores: Sequence[Any], folder: Path, parts: Sequence[Sequence[int]],
+                 fit_pca: int | None | bool = False) -> list[np.ndarray]:
+    """The spaces TURTLE reads, as float32: each store cut into its `parts` (column blocks), each through
+    its space's PCA in `folder` (pca_I.npz, I the space's index) when it has one. `fit_pca` (training):
+    the PCAs are made anew - to that many dimensions for each space wider than it, none for the others
+    (None: none at all)."""
     from .pca import PCA
 
     spaces = []
-    for i, store in enumerate(stores):
-        z = np.asarray(store.features, dtype=np.float32)
-        path = folder / _pca_file(i)
-        if fit_pca is not False:
-            path.unlink(missing_ok=True)  # from an earlier training of this folder
-        if fit_pca is not False and fit_pca is not None and z.shape[1] > fit_pca:
-            pca = PCA(min(fit_pca, len(z))).fit(z)
-            if distributed.is_main():
-                pca.save(path)
-            z = pca.transform(z)
-        elif fit_pca is False and path.is_file():
-            z = PCA.load(path).transform(z)
-        spaces.append(z)
+    for store, widths in zip(stores, parts):
+        features = np.asarray(store.features, dtype=np.float32)
+        if sum(widths) != features.shape[1]:
+            raise NolabelError(f"TURTLE read {sum(widths)}-d features in this space, got {features.shape[1]}-d "
+                               f"ones{f' ({store.path})' if hasattr(store, 'path') else ''}")
+        for start, width in zip(np.cumsum([0, *widths[:-1]]), widths):
+            z = np.ascontiguousarray(features[:, start:start + width])
+            path = folder / _pca_file(len(spaces))
+            if fit_pca is not False:
+                path.unlink(missing_ok=True)  # from an earlier training of this folder
+            if fit_pca is not False and fit_pca is not None and width > fit_pca:
+                pca = PCA(min(fit_pca, len(z))).fit(z)
+                if distributed.is_main():
+                    pca.save(path)
+                z = pca.transform(z)
+            elif fit_pca is False and path.is_file():
+                z = PCA.load(path).transform(z)
+            spaces.append(z)
     return spaces
 
 
@@ -419,7 +514,7 @@ def _eval_sets(eval_features: Sequence[Sequence[str | Path]], n_spaces: int) -> 
     evals = []
     for folders in eval_features:
         if len(folders) != n_spaces:
-            raise NolabelError(f"an eval set needs one feature folder per space ({n_spaces}), got {list(folders)}")
+            raise NolabelError(f"an eval set needs one feature folder per backbone ({n_spaces}), got {list(folders)}")
         stores = _open_stores(folders)
         evals.append({"stores": stores, "inputs": [s.fingerprint for s in stores]})
     names = unique_names(["train", *[e["stores"][0].path.name or "eval" for e in evals]])
@@ -433,19 +528,22 @@ def predict_turtle(turtle_dir: str | Path, features: Sequence[Any], selflabel_di
     """Cluster probabilities (N, K) of new images under a finished TURTLE stage (or its self-labeled
     version, `selflabel_dir`): `features`, one FeatureStore folder (or (N, D_i) array) per space, of
     the backbones TURTLE read, in its order; each space's PCA, if any, is applied."""
+    from ..io import read_json
     from ..store import FeatureStore
 
     turtle_dir = Path(turtle_dir)
     task, _ = load_turtle(turtle_dir / "turtle.pt")
+    summary = turtle_dir / "turtle.json"  # the stage's: how it cut the backbones' features into spaces
+    parts = (read_json(summary).get("parts") if summary.is_file() else None) or [[d] for d in task.dims]
     stores = [f if isinstance(f, np.ndarray) else FeatureStore.open(f) for f in features]
-    if len(stores) != len(task.dims):
-        raise NolabelError(f"TURTLE combined {len(task.dims)} spaces; got features of {len(stores)}")
+    if len(stores) != len(parts):
+        raise NolabelError(f"TURTLE read the features of {len(parts)} backbone(s); got features of {len(stores)}")
 
     class _Array:  # an array in hand, read like a store
         def __init__(self, features):
             self.features = features
 
-    spaces = _load_spaces([_Array(s) if isinstance(s, np.ndarray) else s for s in stores], turtle_dir)
+    spaces = _load_spaces([_Array(s) if isinstance(s, np.ndarray) else s for s in stores], turtle_dir, parts)
     head = None
     if selflabel_dir is not None and (Path(selflabel_dir) / "selflabel.pt").is_file():
         from .scan.heads import ListHead
@@ -460,14 +558,16 @@ def predict_turtle(turtle_dir: str | Path, features: Sequence[Any], selflabel_di
 
 
 def run_turtle(out_dir: str | Path, features: Sequence[str | Path], *, pca_components: int | None = None,
-               config: TurtleConfig | None = None, eval_features: Sequence[Sequence[str | Path]] = (),
-               evaluate: EvaluateConfig = EvaluateConfig(), force: bool = False,
-               show_progress: bool = True) -> dict[str, Any]:
-    """The TURTLE stage from files: `features`, one FeatureStore folder per space (the same images
-    in the same order), each wider than `pca_components` projected to that many PCA dimensions
-    (saved as pca_I.npz); trains and writes the TURTLE clustering into `out_dir` (`nolabel.clustering`) beside
-    turtle.pt, probabilities.npy (N, K), predictions.npy and turtle.json (restarts, the kept one,
-    timings). `eval_features`: per eval set, one folder per space, assigned and scored.
+               split_levels: bool = False, config: TurtleConfig | None = None,
+               eval_features: Sequence[Sequence[str | Path]] = (), evaluate: EvaluateConfig = EvaluateConfig(),
+               force: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """The TURTLE stage from files: `features`, one FeatureStore folder per backbone (the same images
+    in the same order), each one space or, with `split_levels`, one space per level of a multi-level
+    feature (`store_parts`); each space wider than `pca_components` projected to that many PCA
+    dimensions (saved as pca_I.npz); trains and writes the TURTLE clustering into `out_dir`
+    (`nolabel.clustering`) beside turtle.pt, probabilities.npy (N, K), predictions.npy and turtle.json
+    (restarts, the kept one, timings, how the features were cut into spaces). `eval_features`: per
+    eval set, one folder per backbone, assigned and scored.
 
     A clustering finished from the same inputs is returned as it is (metrics.json's content); an
     interrupted one resumes; one of other inputs is replaced only with `force`. Training keeps a
@@ -482,7 +582,8 @@ def run_turtle(out_dir: str | Path, features: Sequence[str | Path], *, pca_compo
         raise NolabelError(f"PCA before TURTLE takes a number of dimensions >= 1, got {pca_components}")
     stores = _open_stores(features)
     evals = _eval_sets(eval_features, len(stores))
-    training = {"spaces": [s.fingerprint for s in stores], "pca": pca_components,
+    parts = store_parts(stores, split_levels)
+    training = {"spaces": [s.fingerprint for s in stores], "parts": parts, "pca": pca_components,
                 "config": record.without(asdict(config), "device")}
     stage_inputs = {"training": training, "evals": [e["inputs"] for e in evals], "evaluate": asdict(evaluate)}
     if record.begin(out, "turtle", stage_inputs, force=force, what="a TURTLE clustering") is record.DONE:
@@ -493,14 +594,15 @@ def run_turtle(out_dir: str | Path, features: Sequence[str | Path], *, pca_compo
             for stale in out.glob("turtle_state_*.pt"):
                 stale.unlink()
         started = time.perf_counter()
-        spaces = _load_spaces(stores, out, fit_pca=pca_components)
+        spaces = _load_spaces(stores, out, parts, fit_pca=pca_components)
         prepared = time.perf_counter() - started
         result = train_turtle(spaces, config, out, show_progress)
         if distributed.is_main():
             save_npy(out / "probabilities.npy", result.probabilities)
             save_npy(out / "predictions.npy", result.predictions)
             write_json(out / "turtle.json", {"n": len(result.probabilities), "dims": result.task.dims,
-                                             "pca_components": pca_components, "best_restart": result.best_restart,
+                                             "parts": parts, "pca_components": pca_components,
+                                             "best_restart": result.best_restart,
                                              "restarts": result.restarts, "history": result.history,
                                              "seconds": {"pca": prepared, "train": result.seconds},
                                              "config": asdict(config)})
@@ -569,7 +671,8 @@ def run_turtle_selflabel(turtle_dir: str | Path, out_dir: str | Path, features: 
     if not record.is_done(out, training, name=TRAINING_RECORD):
         if record.begin(out, "turtle-selflabel-training", training, force=True, name=TRAINING_RECORD) is record.START:
             (out / "selflabel_state.pt").unlink(missing_ok=True)
-        spaces = prepare_spaces(_load_spaces(stores, turtle_dir))
+        parts = read_json(turtle_dir / "turtle.json")["parts"]
+        spaces = prepare_spaces(_load_spaces(stores, turtle_dir, parts))
         head = TurtleHead(task)
         result = train_selflabel_features(np.concatenate(spaces, axis=1), head,
                                           np.load(turtle_dir / "probabilities.npy"), config, None, out, show_progress)

@@ -11,12 +11,12 @@ architecture; `save_checkpoint(backbone, path)` writes nolabel's own checkpoint 
 """
 from .backbone import Backbone, EvalTransform, Preprocessing
 from .checkpoints import LoadReport, load_weights, read_checkpoint, save_checkpoint
-from .registry import ModelInfo, architecture_names, create, list_models, register_model
+from .registry import ModelInfo, architecture_names, create, feature_parts, list_models, register_model
 from .weights import PUBLISHED, WeightRecord, cache_dir
 from . import architectures  # noqa: E402,F401  (registers the built-in models)
 
 __all__ = [
     "Backbone", "EvalTransform", "LoadReport", "ModelInfo", "PUBLISHED", "Preprocessing", "WeightRecord",
-    "architecture_names", "cache_dir", "create", "list_models", "load_weights", "read_checkpoint",
+    "architecture_names", "cache_dir", "create", "feature_parts", "list_models", "load_weights", "read_checkpoint",
     "register_model", "save_checkpoint",
 ]

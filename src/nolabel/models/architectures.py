@@ -203,13 +203,14 @@ class MultiLevelEfficientNet(nn.Module):
 
 # (block, grid): blocks 2-4 (40, 80, 112 channels) on a 3 x 3 grid, blocks 5-6 (192, 320) pooled whole
 _LITE0_LEVELS = ((2, 3), (3, 3), (4, 3), (5, 1), (6, 1))
-_LITE0_MULTILEVEL_DIM = (40 + 80 + 112) * 9 + 192 + 320 + 1280
+_LITE0_MULTILEVEL_PARTS = (40 * 9, 80 * 9, 112 * 9, 192, 320, 1280)
+_LITE0_MULTILEVEL_DIM = sum(_LITE0_MULTILEVEL_PARTS)
 
 
 @register_model("efficientnet_lite0_multilevel", feature_dim=_LITE0_MULTILEVEL_DIM, input_size=224,
                 description="EfficientNet-Lite0: blocks 2-4 on a 3x3 grid, blocks 5-6 and the head pooled, "
                             "each L2-normalised, concatenated (better transfer to non-ImageNet images)",
-                default_weights="efficientnet_lite0.tf_in1k")
+                default_weights="efficientnet_lite0.tf_in1k", feature_parts=_LITE0_MULTILEVEL_PARTS)
 def efficientnet_lite0_multilevel() -> Backbone:
     plain = efficientnet_lite0()
     body = MultiLevelEfficientNet(plain.body, levels=_LITE0_LEVELS)

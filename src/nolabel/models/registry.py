@@ -49,21 +49,27 @@ class _Entry:
     input_size: int
     description: str
     default_weights: str | None
+    feature_parts: tuple[int, ...] | None
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
 def register_model(name: str, *, feature_dim: int, input_size: int, description: str,
-                   default_weights: str | None = None) -> Callable:
-    """Decorator: register `builder(**model_kwargs) -> Backbone` under `name`."""
+                   default_weights: str | None = None, feature_parts: tuple[int, ...] | None = None) -> Callable:
+    """Decorator: register `builder(**model_kwargs) -> Backbone` under `name`. `feature_parts`: the
+    widths of the vectors the feature concatenates (a multi-level feature's levels), summing to
+    `feature_dim`; TURTLE can read each as a space of its own."""
     if "." in name or name.startswith(TIMM_PREFIX):
         raise ValueError(f"architecture names contain no '.' (reserved for weight tags) nor {TIMM_PREFIX!r}: {name}")
+    if feature_parts is not None and sum(feature_parts) != feature_dim:
+        raise ValueError(f"{name}: feature_parts {feature_parts} do not sum to feature_dim {feature_dim}")
 
     def decorator(builder: Callable[..., Backbone]) -> Callable[..., Backbone]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = _Entry(builder, feature_dim, input_size, description, default_weights)
+        _REGISTRY[name] = _Entry(builder, feature_dim, input_size, description, default_weights,
+                                 tuple(feature_parts) if feature_parts else None)
         return builder
 
     return decorator
@@ -115,6 +121,14 @@ def list_models() -> list[ModelInfo]:
         infos.append(ModelInfo(record.name, record.architecture, entry.feature_dim, record.preprocessing.input_size,
                                record.description, _weights_source(record), record.available(), record.wrapper))
     return infos
+
+
+def feature_parts(name: str) -> tuple[int, ...] | None:
+    """The widths of the parts model `name`'s feature concatenates (registered with the architecture),
+    or None for a feature of one piece (every timm: model)."""
+    record = PUBLISHED_BY_NAME.get(name)
+    entry = _REGISTRY.get(record.architecture if record else name)
+    return entry.feature_parts if entry is not None else None
 
 
 def architecture_names() -> list[str]:
