@@ -302,3 +302,16 @@ def test_cold_start_draws_fresh_classifiers_every_step():
     # the labelling better than the 2 steps of fresh ones do
     cold, warm = ([h["fit"] for h in runs[s].history[0]] for s in ("cold", "warm"))
     assert all(w < c for c, w in zip(cold[2:], warm[2:])), (cold, warm)
+
+
+def test_a_task_encoder_of_the_earlier_layout_is_refused(tmp_path):
+    from nolabel.cluster.turtle import load_turtle
+
+    x, _ = _blobs(20, 2, 3)
+    result = train_turtle([x], TurtleConfig(n_clusters=2, steps=2, n_restarts=1, device="cpu"), out_dir=tmp_path,
+                          show_progress=False)
+    task, saved = load_turtle(result.checkpoint)
+    assert task.dims == [3] and saved["version"] == 2
+    torch.save({key: value for key, value in saved.items() if key != "version"}, tmp_path / "old.pt")
+    with pytest.raises(NolabelError, match="earlier nolabel"):
+        load_turtle(tmp_path / "old.pt")

@@ -59,6 +59,7 @@ from ..training import TrainingState, load_result, progress, seeded, training_in
 _DEFAULTS = TurtleConfig()
 PREDICT_BATCH = 65_536  # rows per forward pass when whole datasets are labelled
 STATES_PER_RESTART = 20  # a restart saves its state (and a history entry) this many times
+TURTLE_VERSION = 2  # turtle.pt's layout: 2 = maps on the features as given (1 read L2-normalised rows)
 
 
 # --------------------------------------------------------------------------- the objective
@@ -338,7 +339,8 @@ def save_turtle(path: Path, result: TurtleResult, config: TurtleConfig) -> Path:
     from ..io import atomic_path
 
     with atomic_path(path) as tmp:
-        torch.save({"format": "nolabel-turtle", "dims": result.task.dims, "n_clusters": result.task.n_clusters,
+        torch.save({"format": "nolabel-turtle", "version": TURTLE_VERSION, "dims": result.task.dims,
+                    "n_clusters": result.task.n_clusters,
                     "task": result.task.state_dict(), "best_restart": result.best_restart,
                     "restarts": result.restarts, "config": asdict(config)}, tmp)
     return path
@@ -347,6 +349,9 @@ def save_turtle(path: Path, result: TurtleResult, config: TurtleConfig) -> Path:
 def load_turtle(path: str | Path) -> tuple[SpaceLinears, dict[str, Any]]:
     """Read turtle.pt: (the kept task encoder, the whole saved dict)."""
     saved = load_result(path, "turtle", "turtle")
+    if saved.get("version", 1) != TURTLE_VERSION:
+        raise NolabelError(f"{path}: written by an earlier nolabel whose task encoder read L2-normalised rows; "
+                           "train it again (nolabel turtle --force, or rerun the run)")
     task = SpaceLinears(saved["dims"], saved["n_clusters"])
     task.load_state_dict(saved["task"])
     return task.eval(), saved
