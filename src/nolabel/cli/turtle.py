@@ -1,4 +1,4 @@
-"""TURTLE on frozen features of several spaces: the labelling whose linear classifiers fit best in every space.
+"""TURTLE on frozen features of several spaces: the labelling whose linear classifiers learn it fastest in every space.
 
 --features takes one feature folder per backbone (the same images, e.g. `nolabel extract` of the
 same dataset through two backbones), each one space (or, with --split-levels, one per level of a
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="read a multi-level feature (efficientnet_lite0_multilevel) as one space per level")
     p.add_argument("--n-clusters", "-k", type=int, default=_DEFAULTS.n_clusters)
     p.add_argument("--gamma", type=float, default=_DEFAULTS.gamma,
-                   help="weight of the entropy of the mean labelling (against collapse)")
+                   help="weight of the entropies of the spaces' mean labellings (against collapse)")
     p.add_argument("--inner-steps", type=int, default=_DEFAULTS.inner_steps)
     p.add_argument("--inner-lr", type=float, default=_DEFAULTS.inner_lr)
     p.add_argument("--outer-lr", type=float, default=_DEFAULTS.outer_lr)
