@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from nolabel.cluster.turtle import TURTLE, inner_loss, labelling, run_turtle, run_turtle_selflabel, train_turtle, \
-    turtle_loss
+from nolabel.cluster.turtle import TURTLE, SpaceLinears, inner_loss, labelling, run_turtle, run_turtle_selflabel, \
+    set_inner_gradients, train_turtle, turtle_loss
 from nolabel.config import SelfLabelConfig, TurtleConfig
 from nolabel.errors import NolabelError, NolabelValueError
 from nolabel.metrics import evaluate
@@ -57,6 +57,22 @@ def test_outer_gradient_reaches_the_task_encoder_only():
     grad = task_logits.grad.numpy()
     assert (grad[[0, 2], 0] < 0).all() and grad[1, 1] < 0
     assert classifier_logits.grad is None
+
+
+@pytest.mark.parametrize("normalised_targets", [True, False])
+def test_written_out_inner_gradients_equal_autograds(normalised_targets):
+    generator = torch.Generator().manual_seed(0)
+    spaces = [torch.randn(50, d, generator=generator) * 3 for d in (4, 7)]
+    targets = torch.rand(50, 3, generator=generator)
+    if normalised_targets:  # a labelling, as TURTLE's inner steps see: rows summing to 1
+        targets /= targets.sum(1, keepdim=True)
+    written, reference = SpaceLinears([4, 7], 3), SpaceLinears([4, 7], 3)
+    reference.load_state_dict(written.state_dict())
+    set_inner_gradients(written, spaces, targets)
+    inner_loss(reference(spaces), targets).backward()  # autograd, the independent reference
+    for (name, ours), theirs in zip(written.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-6, rtol=1e-5, msg=name)
+        assert ours.grad.abs().max() > 1e-3  # a real gradient, not a pair of zeros
 
 
 def _blobs(n_per: int, k: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
