@@ -118,3 +118,41 @@ def test_search_neighbors_leaves_out_each_querys_own_row():
     assert search_neighbors(database[:3], queries[:1], 10, exclude=rows[:1])[1].shape == (1, 2)
     with pytest.raises(NolabelError, match="one row per query"):
         search_neighbors(database, queries, 5, exclude=rows[:2])
+
+
+def test_a_turtle_run_is_searched_in_its_spaces_for_its_images_and_new_ones(photos, tmp_path):
+    from nolabel.cluster.pca import PCA
+    from nolabel.report.embedding import embed_map
+
+    root, _ = photos
+    run_dir = make_run(tmp_path / "turtle run", f"images:{root}", settings=(
+        "turtle.spaces=[pixels@16]", "turtle.pca=4", "turtle.steps=20", "turtle.n_restarts=1",
+        "turtle.outer_lr=0.01", "turtle.inner_lr=0.01", "turtle.device=cpu"))
+    clustering = open_run_clustering(run_dir)
+    assert clustering.method == "TURTLE"
+    stores = clustering.stores("train")
+    assert [store.dim for store in stores] == [8 * 8 * 3, 16 * 16 * 3]  # the run's backbone, then pixels@16
+    # the space: each backbone through TURTLE's PCA of it; two images' similarity is the mean of their
+    # cosine similarities in the two spaces
+    turtle_dir = clustering.path / clustering.info["assign"]["turtle"]
+    cosines = []
+    for i, store in enumerate(stores):
+        z = PCA.load(turtle_dir / f"pca_{i}.npz").transform(store.features).astype(np.float64)
+        z /= np.linalg.norm(z, axis=1, keepdims=True)
+        cosines.append(z @ z.T)
+    x = clustered_features(clustering, "train").astype(np.float64)
+    assert x.shape == (len(stores[0].items), 8)
+    np.testing.assert_allclose(x @ x.T, np.mean(cosines, axis=0), atol=1e-5)
+    assigned = clustering.assignments["train"]
+    row = assigned.items.index("red things/plain.jpg")
+    found = similar(run_dir, "red things/plain.jpg", k=4)
+    assert [n.row for n in found.neighbors] == [r for r in np.argsort(-(x @ x[row]), kind="stable") if r != row][:4]
+    # a new image: extracted by each backbone TURTLE read, then placed and assigned in its spaces
+    copy = tmp_path / "copy of plain.jpg"
+    shutil.copyfile(root / "red things" / "plain.jpg", copy)
+    new = similar(run_dir, copy, k=3)
+    assert new.row is None and new.cluster == assigned.cluster[row]
+    assert new.neighbors[0].row == row and new.neighbors[0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert [n.row for n in new.neighbors[1:]] == [n.row for n in found.neighbors[:2]]
+    # the report's map reads the same space
+    assert embed_map(clustering, "train", tmp_path / "map").space.startswith("8-dimensional")

@@ -208,6 +208,14 @@ def test_stage_writes_the_clustering_assigns_eval_sets_resumes_and_self_labels(t
         assert confidence.shape == (len(held),) and (confidence > 0).all()
     with pytest.raises(NolabelError, match="one feature array per backbone"):
         assign(out, ea.features)
+    # each source keeps its stores, one per backbone: its images' place in TURTLE's spaces
+    from nolabel.clustering import clustered_features
+
+    clustering = load_clustering(out)
+    assert [s.path.resolve() for s in clustering.stores("ea")] == [ea.path.resolve(), eb.path.resolve()]
+    assert [s.path.resolve() for s in clustering.stores("train")] == [a.path.resolve(), b.path.resolve()]
+    x = clustered_features(clustering, "ea")
+    assert x.shape == (len(held), 8) and np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
 
 
 def test_cli_turtle(tmp_path, capsys):

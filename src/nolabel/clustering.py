@@ -26,6 +26,7 @@ clustering is a folder holding:
     clustering = open_run_clustering("runs/default")      # a run's chosen clustering
     found = outliers(clustering)                          # per cluster most / least typical, most uncertain
     x = clustered_features(clustering, "train")           # (N, d): the space it clustered in (after its PCA)
+    clustering.stores("train")                            # its feature store(s): one, or TURTLE's per backbone
 """
 from __future__ import annotations
 
@@ -186,6 +187,22 @@ class Clustering:
             return None
         try:
             return FeatureStore.open(self.path / recorded)
+        except NolabelError:
+            return None
+
+    def stores(self, source: str) -> list[FeatureStore] | None:
+        """The feature stores `source`'s images are clustered from: one, or for TURTLE one per backbone
+        it read (in its order); None in whole-network mode, or when one is gone or was not recorded
+        (eval sets of TURTLE clusterings written before their stores were)."""
+        how = self.info["assign"]
+        if how["kind"] != "turtle":
+            store = self.store(source)
+            return None if store is None else [store]
+        recorded = how["spaces"] if source == "train" else how.get("eval_spaces", {}).get(source)
+        if recorded is None:
+            return None
+        try:
+            return [FeatureStore.open(self.path / folder) for folder in recorded]
         except NolabelError:
             return None
 
@@ -409,13 +426,23 @@ def clustering_pca(clustering: Clustering):
     return PCA.load(path) if path.is_file() else None
 
 
-def clustered_space(clustering: Clustering, features: np.ndarray) -> np.ndarray:
+def clustered_space(clustering: Clustering, features: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """(M, d) float32: features (M, D) of the clustering's backbone in the space the clustering was
-    made in - through `clustering_pca`, rows L2-normalised for spherical k-means. Where "near" means
-    what it meant to the clustering: the report's map and `nolabel.similar` measure in this space."""
+    made in - through `clustering_pca`, rows L2-normalised for spherical k-means; for TURTLE a list of
+    them, one per backbone it read, in TURTLE's spaces (`nolabel.cluster.turtle.turtle_space`). Where
+    "near" means what it meant to the clustering: the report's map and `nolabel.similar` measure in
+    this space."""
+    how = clustering.info["assign"]
+    if how["kind"] == "turtle":
+        from .cluster.turtle import turtle_space
+
+        if not isinstance(features, (list, tuple)) or len(features) != len(how["spaces"]):
+            raise NolabelError(f"{clustering.path}: a TURTLE clustering's space is made of one feature array per "
+                               f"backbone it read ({len(how['spaces'])}); pass them as a list in that order")
+        return turtle_space(clustering.path / how["turtle"], [np.asarray(f, dtype=np.float32) for f in features])
     pca = clustering_pca(clustering)
     x = pca.transform(features) if pca is not None else np.asarray(features, dtype=np.float32)
-    if clustering.info["assign"].get("spherical"):
+    if how.get("spherical"):
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     return np.ascontiguousarray(x, dtype=np.float32)
 
@@ -423,11 +450,12 @@ def clustered_space(clustering: Clustering, features: np.ndarray) -> np.ndarray:
 def clustered_features(clustering: Clustering, source: str, rows: np.ndarray | None = None) -> np.ndarray | None:
     """(M, d) float32: the stored features of `rows` (default: every row) of `source` in the
     clustering's space (`clustered_space`); None when the clustering has no stored features
-    (whole-network SCAN, or the feature store is gone)."""
-    store = clustering.store(source)
-    if store is None:
+    (whole-network SCAN, or a feature store is gone)."""
+    stores = clustering.stores(source)
+    if stores is None:
         return None
-    return clustered_space(clustering, store.features if rows is None else store.features[np.asarray(rows)])
+    arrays = [store.features if rows is None else store.features[np.asarray(rows)] for store in stores]
+    return clustered_space(clustering, arrays if clustering.info["assign"]["kind"] == "turtle" else arrays[0])
 
 
 def nearest_centroids(centroids: np.ndarray, x: np.ndarray, spherical: bool = False, batch_size: int = 65536

@@ -158,20 +158,14 @@ def _recorded_weights(manifest: dict[str, Any], run_dir: str | os.PathLike | Non
 
 def _run_stores(clustering: Clustering) -> list[FeatureStore]:
     """The feature stores of the clustering's train images - the spaces new images must be put in: one,
-    or one per space TURTLE combined (recorded relative to the clustering's folder)."""
-    how = clustering.info["assign"]
-    if how["kind"] == "turtle":
-        folders = [clustering.path / space for space in how["spaces"]]
-        missing = [str(f) for f in folders if not f.is_dir()]
-        if missing:
-            raise NolabelError(f"{clustering.path}: the feature stores of its spaces are gone ({', '.join(missing)}); "
-                               "extract them again first")
-        return [FeatureStore.open(f) for f in folders]
-    store = clustering.store("train")
-    if store is None:
-        raise NolabelError(f"{clustering.path}: the feature store of its train images is gone "
-                           f"({clustering.info['sources']['train'].get('store')}); extract them again first")
-    return [store]
+    or one per backbone TURTLE combined."""
+    stores = clustering.stores("train")
+    if stores is None:
+        how = clustering.info["assign"]
+        recorded = how["spaces"] if how["kind"] == "turtle" else [clustering.info["sources"]["train"].get("store")]
+        raise NolabelError(f"{clustering.path}: the feature store(s) of its train images are gone "
+                           f"({', '.join(map(str, recorded))}); extract them again first")
+    return stores
 
 
 @contextlib.contextmanager

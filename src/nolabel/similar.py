@@ -9,7 +9,8 @@
     similarity, rows = index.of_rows([3, 17], k=8)   # (2, 8) each: those images' nearest other images
 
 Nearness is measured in the space the clustering was made in (`nolabel.clustering.clustered_space`:
-its PCA, L2-normalised rows for spherical k-means; the extracted features when it has no PCA), as the
+its PCA, L2-normalised rows for spherical k-means; the extracted features when it has no PCA; TURTLE's
+spaces side by side, each L2-normalised), as the
 cosine similarity of two images there, searched exactly with faiss (`search_neighbors`). Cosine:
 SCAN mines its neighbours with it in this same space, it is the usual measure between
 self-supervised features, and for spherical k-means it ranks exactly as the Euclidean distance does.
@@ -54,7 +55,8 @@ class SimilarityIndex:
 
     def of_features(self, features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarity float32 (Q, k'), rows int64 (Q, k')) of the k' = min(k, N) images most similar
-        to new images given by their backbone features (Q, D), taken into the clustering's space first."""
+        to new images given by their backbone features (Q, D) - for TURTLE a list, one per backbone -
+        taken into the clustering's space first."""
         return search_neighbors(self.space, clustered_space(self.clustering, features), k)
 
 
@@ -103,8 +105,11 @@ def similar(run_dir: str | os.PathLike, image: str | os.PathLike, k: int = 20, *
         similarity, found = index.of_rows([row], k)
         cluster = int(assigned.cluster[row])
     else:
-        features = _new_image_features(chosen.store(source), Path(image), run_dir, weights=weights,
-                                       trust_checkpoint=trust_checkpoint, device=device, progress=progress)
+        features = [_new_image_features(store, Path(image), run_dir, weights=weights,
+                                        trust_checkpoint=trust_checkpoint, device=device, progress=progress)
+                    for store in chosen.stores(source)]  # TURTLE's backbones: one each
+        if chosen.info["assign"]["kind"] != "turtle":
+            features = features[0]
         similarity, found = index.of_features(features, k)
         cluster = int(assign(chosen, features, device=device)[0][0])
     paths = dataset.paths if isinstance(dataset, FileImageDataset) else None

@@ -544,27 +544,35 @@ def _eval_sets(eval_features: Sequence[Sequence[str | Path]], n_spaces: int) -> 
     return evals
 
 
-def predict_turtle(turtle_dir: str | Path, features: Sequence[Any], selflabel_dir: str | Path | None = None
-                   ) -> np.ndarray:
-    """Cluster probabilities (N, K) of new images under a finished TURTLE stage (or its self-labeled
-    version, `selflabel_dir`): `features`, one FeatureStore folder (or (N, D_i) array) per space, of
-    the backbones TURTLE read, in its order; each space's PCA, if any, is applied."""
+def _read_spaces(turtle_dir: Path, features: Sequence[Any], task: SpaceLinears) -> list[np.ndarray]:
+    """The spaces a finished TURTLE stage reads from `features` - one FeatureStore, its folder or an
+    (N, D) array per backbone, in its order: cut into the parts its turtle.json records, each through
+    its PCA."""
     from ..io import read_json
     from ..store import FeatureStore
 
-    turtle_dir = Path(turtle_dir)
-    task, _ = load_turtle(turtle_dir / "turtle.pt")
     summary = turtle_dir / "turtle.json"  # the stage's: how it cut the backbones' features into spaces
     parts = (read_json(summary).get("parts") if summary.is_file() else None) or [[d] for d in task.dims]
-    stores = [f if isinstance(f, np.ndarray) else FeatureStore.open(f) for f in features]
-    if len(stores) != len(parts):
-        raise NolabelError(f"TURTLE read the features of {len(parts)} backbone(s); got features of {len(stores)}")
+    if len(features) != len(parts):
+        raise NolabelError(f"TURTLE read the features of {len(parts)} backbone(s); got features of {len(features)}")
 
     class _Array:  # an array in hand, read like a store
-        def __init__(self, features):
-            self.features = features
+        def __init__(self, array):
+            self.features = array
 
-    spaces = _load_spaces([_Array(s) if isinstance(s, np.ndarray) else s for s in stores], turtle_dir, parts)
+    stores = [_Array(f) if isinstance(f, np.ndarray) else f if isinstance(f, FeatureStore) else FeatureStore.open(f)
+              for f in features]
+    return _load_spaces(stores, turtle_dir, parts)
+
+
+def predict_turtle(turtle_dir: str | Path, features: Sequence[Any], selflabel_dir: str | Path | None = None
+                   ) -> np.ndarray:
+    """Cluster probabilities (N, K) of new images under a finished TURTLE stage (or its self-labeled
+    version, `selflabel_dir`): `features`, one FeatureStore, its folder or an (N, D_i) array per
+    backbone TURTLE read, in its order; each space's PCA, if any, is applied."""
+    turtle_dir = Path(turtle_dir)
+    task, _ = load_turtle(turtle_dir / "turtle.pt")
+    spaces = _read_spaces(turtle_dir, features, task)
     head = None
     if selflabel_dir is not None and (Path(selflabel_dir) / "selflabel.pt").is_file():
         from .scan.heads import ListHead
@@ -576,6 +584,20 @@ def predict_turtle(turtle_dir: str | Path, features: Sequence[Any], selflabel_di
         else:
             head.load_state_dict(modules["head"])
     return predict_proba_spaces(task, spaces, head)
+
+
+def turtle_space(turtle_dir: str | Path, features: Sequence[Any]) -> np.ndarray:
+    """(N, sum of the spaces' widths) float32: images in the spaces a finished TURTLE stage clustered
+    them in (`features` as for `predict_turtle`) - each space (a backbone's feature or one level of it,
+    through its PCA) with its rows L2-normalised, side by side, divided by sqrt(number of spaces). Rows
+    have unit norm, and the dot product of two is the mean over the spaces of their cosine similarity
+    in each: every space counts equally, as in TURTLE's objective. Where "near" means something for a
+    TURTLE clustering: the report's map and `nolabel.similar`."""
+    turtle_dir = Path(turtle_dir)
+    task, _ = load_turtle(turtle_dir / "turtle.pt")
+    spaces = _read_spaces(turtle_dir, features, task)
+    unit = [z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12) for z in spaces]
+    return np.ascontiguousarray(np.concatenate(unit, axis=1) / np.sqrt(len(unit)), dtype=np.float32)
 
 
 def run_turtle(out_dir: str | Path, features: Sequence[str | Path], *, pca_components: int | None = None,
@@ -641,7 +663,8 @@ def _write_turtle_clustering(out: Path, method: str, stores: list[Any], probabil
                              evaluate: EvaluateConfig, settings: dict[str, Any], fitted: dict[str, Any]
                              ) -> dict[str, Any]:
     """The clustering of a TURTLE task encoder (or its self-labeled head): the train images from the
-    training's labelling, each eval set predicted; the train source is the first space's store."""
+    training's labelling, each eval set predicted. A source's images and labels are read from its
+    first store; the assigner records all of each source's stores."""
     import os
 
     from ..clustering import Source, write_clustering
@@ -656,9 +679,13 @@ def _write_turtle_clustering(out: Path, method: str, stores: list[Any], probabil
         sources.append(Source.of_store(entry["name"], entry["stores"][0]))
         clusters.append(p.argmax(1))
         confidence.append(p.max(1))
+    def relative(stores_of_source: list[Any]) -> list[str]:
+        return [os.path.relpath(s.path.resolve(), out.resolve()) for s in stores_of_source]
+
+    # each source's stores, one per backbone: where its images lie in TURTLE's spaces (`turtle_space`)
     assigner = {"kind": "turtle", "turtle": os.path.relpath(turtle_dir.resolve(), out.resolve()),
-                "selflabel": "." if selflabel_dir is not None else None,
-                "spaces": [os.path.relpath(s.path.resolve(), out.resolve()) for s in stores]}
+                "selflabel": "." if selflabel_dir is not None else None, "spaces": relative(stores),
+                "eval_spaces": {entry["name"]: relative(entry["stores"]) for entry in evals}}
     return write_clustering(out, method=method, sources=sources, clusters=clusters, confidence=confidence,
                             n_clusters=probabilities.shape[1], assigner=assigner, evaluate=evaluate,
                             settings=settings, fitted=fitted)

@@ -207,9 +207,13 @@ def _data_card(main: ClusterResult) -> list[tuple[str, str]]:
 
 
 def _features_card(main: ClusterResult) -> list[tuple[str, str]]:
-    first = next((store for store in map(main.clustering.store, main.sources) if store is not None), None)
-    if first is None:
+    stores = next((found for found in map(main.clustering.stores, main.sources) if found), None)
+    if stores is None:
         return []
+    if len(stores) > 1:  # TURTLE's backbones
+        return [("models", " + ".join(str(store.manifest.get("model", "?")) for store in stores)),
+                ("features", " + ".join(str(store.dim) for store in stores) + " dims")]
+    first = stores[0]
     m = first.manifest
     items = [("model", str(m.get("model", "?"))), ("weights", str(m.get("weights") or "none recorded"))]
     if m.get("weights_sha256"):
@@ -528,7 +532,7 @@ def _cluster_browser(result: ClusterResult, source: str, counts: dict[str, int],
     similar_note, neighbours = None, None
     if not counts["similar"]:
         similar_note = "similar images turned off"
-    elif result.clustering.store(source) is None:
+    elif result.clustering.stores(source) is None:
         similar_note = "no similar images: the clustering has no stored features"
     else:
         neighbours = SimilarityIndex(result.clustering, source).of_rows(shown_rows, counts["similar"])[1]

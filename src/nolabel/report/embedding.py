@@ -65,7 +65,7 @@ def embed_map(clustering: Clustering, source: str, cache_dir: Path, *, max_point
     n = len(clustering.assignments[source].cluster)
     if n < MIN_POINTS:
         raise NolabelError(f"{n} images are too few for a map (at least {MIN_POINTS})")
-    if clustering.store(source) is None:
+    if clustering.stores(source) is None:
         raise NolabelError("the clustering has no stored features to map (whole-network clustering, or its "
                            "feature folder is gone)")
     rows = sample_rows(n, max_points, seed)
