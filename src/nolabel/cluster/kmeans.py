@@ -265,7 +265,8 @@ class _Rows:
         if not self.spherical:
             return x
         norms = np.linalg.norm(x, axis=1, keepdims=True)
-        return x / np.where(norms > 0, norms, 1)
+        with np.errstate(invalid="ignore"):  # rows holding NaN or Inf: `validate` refuses them
+            return x / np.where(norms > 0, norms, 1)
 
     def validate(self) -> int:
         """Refuse NaN/Inf (in any process's rows); return the fixed-point scale's bits."""
