@@ -119,6 +119,10 @@ def test_map_is_cached_with_a_record_and_recomputed_when_its_inputs_change(digit
     assert data["map"]["items"] == [load_clustering(digits / "cluster").assignments["train"].items[r] for r in rows]
     assert "a uniform random sample of 300 of the 1,200 train images (seed 0)" in again.read_text(encoding="utf-8")
     assert record.read(tmp_path / "again_map")["inputs"]["max_points"] == 300
+    # a map of another definition of the clustering's space (an older version of it) is made again
+    monkeypatch.setattr(embedding, "SPACE_VERSION", embedding.SPACE_VERSION + 1)
+    write_report(digits, progress=False)
+    assert len(computed) == 2 and record.read(cache)["inputs"]["space"] == embedding.SPACE_VERSION
 
 
 @pytest.mark.slow

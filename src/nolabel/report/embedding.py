@@ -34,6 +34,8 @@ from ..io import save_npy
 MAP_POINTS = 20_000
 MAP_PCA = 50
 MIN_POINTS = 5  # UMAP needs a neighbourhood graph; fewer images get no map
+# what `clustered_features` means; 2: a TURTLE clustering's own spaces (1 read its first backbone's features)
+SPACE_VERSION = 2
 UMAP_SETTINGS = {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine"}
 STAGE = "report map"
 ROWS, XY = "rows.npy", "xy.npy"
@@ -70,7 +72,7 @@ def embed_map(clustering: Clustering, source: str, cache_dir: Path, *, max_point
                            "feature folder is gone)")
     rows = sample_rows(n, max_points, seed)
     settings = {**UMAP_SETTINGS, "n_neighbors": min(UMAP_SETTINGS["n_neighbors"], len(rows) - 1)}
-    inputs = {"clustering": clustering.fingerprint, "source": source, "max_points": max_points,
+    inputs = {"clustering": clustering.fingerprint, "space": SPACE_VERSION, "source": source, "max_points": max_points,
               "random_state": seed, "pca": MAP_PCA, "umap": settings, "umap_learn": version("umap-learn")}
     previous = record.read(cache_dir)
     if record.is_done(cache_dir, inputs) and (cache_dir / XY).is_file():
