@@ -8,7 +8,7 @@ import pytest
 
 from nolabel.cli import main
 from nolabel.cluster.neighbors import search_neighbors
-from nolabel.clustering import clustered_features, clustering_pca, open_run_clustering
+from nolabel.clustering import assign, clustered_features, clustered_space, clustering_pca, open_run_clustering
 from nolabel.errors import NolabelError
 from nolabel.similar import similar
 from photo_fixtures import make_read_only, make_run, make_writable, write_photos
@@ -48,6 +48,13 @@ def test_an_image_of_the_run_by_path_name_or_file_name(photos):
     # the same image named as in the dataset, or by a file name no other image has
     assert similar(run_dir, item, k=5).neighbors == found.neighbors
     assert similar(run_dir, "only here.png", k=1).row == assigned.items.index("red things/sub dir/only here.png")
+    # one backbone's features given as the list of one that every kind of clustering takes
+    (store,) = clustering.stores("train")
+    np.testing.assert_array_equal(assign(clustering, [store])[0], assigned.cluster)
+    np.testing.assert_array_equal(clustered_space(clustering, [store.features]),
+                                  clustered_features(clustering, "train"))
+    with pytest.raises(NolabelError, match="features of one backbone, got 2"):
+        assign(clustering, [store, store])
 
 
 def test_names_that_find_no_single_image_are_errors(photos, tmp_path):

@@ -370,13 +370,15 @@ def assign(clustering: Clustering | str | os.PathLike, features: np.ndarray | Fe
 
     features: (M, D) features of the clustering's backbone (an array or a FeatureStore) - for
     clusterings of frozen features (k-means, SCAN and self-labeling heads); for TURTLE a list of them,
-    one per backbone it read; data: a dataset spec, for
-    a whole-network SCAN or self-labeling clustering, whose images go through the network it trained.
+    one per backbone it read (every kind also takes its features as such a list, of one); data: a
+    dataset spec, for a whole-network SCAN or self-labeling clustering, whose images go through the
+    network it trained.
     """
     clustering = clustering if isinstance(clustering, Clustering) else load_clustering(clustering)
     how = clustering.info["assign"]
     if how["kind"] == "turtle":
         return _assign_turtle(clustering, features)
+    features = _one_backbone(clustering, features)
     if isinstance(features, FeatureStore):
         features = features.features
     if how["kind"] == "centroids":
@@ -440,6 +442,7 @@ def clustered_space(clustering: Clustering, features: np.ndarray | Sequence[np.n
             raise NolabelError(f"{clustering.path}: a TURTLE clustering's space is made of one feature array per "
                                f"backbone it read ({len(how['spaces'])}); pass them as a list in that order")
         return turtle_space(clustering.path / how["turtle"], [np.asarray(f, dtype=np.float32) for f in features])
+    features = _one_backbone(clustering, features)
     pca = clustering_pca(clustering)
     x = pca.transform(features) if pca is not None else np.asarray(features, dtype=np.float32)
     if how.get("spherical"):
@@ -455,7 +458,18 @@ def clustered_features(clustering: Clustering, source: str, rows: np.ndarray | N
     if stores is None:
         return None
     arrays = [store.features if rows is None else store.features[np.asarray(rows)] for store in stores]
-    return clustered_space(clustering, arrays if clustering.info["assign"]["kind"] == "turtle" else arrays[0])
+    return clustered_space(clustering, arrays)
+
+
+def _one_backbone(clustering: Clustering, features: Any) -> Any:
+    """The features of a clustering that reads one backbone: given as they are, or as the list of one
+    that `Clustering.stores` gives (TURTLE's callers pass one per backbone, so every caller can)."""
+    if isinstance(features, (list, tuple)):
+        if len(features) != 1:
+            raise NolabelError(f"{clustering.path}: a {clustering.method} clustering reads the features of one "
+                               f"backbone, got {len(features)}")
+        return features[0]
+    return features
 
 
 def nearest_centroids(centroids: np.ndarray, x: np.ndarray, spherical: bool = False, batch_size: int = 65536

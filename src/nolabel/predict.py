@@ -78,7 +78,7 @@ def predict(run_dir: str | os.PathLike, data: str | ImageDataset, out: str | os.
                                    run_dir=run_dir, weights=weights, trust_checkpoint=trust_checkpoint,
                                    device=device, progress=progress)
                       for i, space in enumerate(spaces)]
-            clusters, confidence = assign(chosen, stores if chosen.info["assign"]["kind"] == "turtle" else stores[0])
+            clusters, confidence = assign(chosen, stores)
             items, skipped = stores[0].items, _skipped(stores[0])
     position = {name: i for i, name in enumerate(dataset.item_names)}
     rows = np.array([position[item] for item in items], dtype=np.int64)

@@ -55,8 +55,8 @@ class SimilarityIndex:
 
     def of_features(self, features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarity float32 (Q, k'), rows int64 (Q, k')) of the k' = min(k, N) images most similar
-        to new images given by their backbone features (Q, D) - for TURTLE a list, one per backbone -
-        taken into the clustering's space first."""
+        to new images given by their backbone features (Q, D) - or a list, one per backbone (TURTLE's:
+        several) - taken into the clustering's space first."""
         return search_neighbors(self.space, clustered_space(self.clustering, features), k)
 
 
@@ -107,9 +107,7 @@ def similar(run_dir: str | os.PathLike, image: str | os.PathLike, k: int = 20, *
     else:
         features = [_new_image_features(store, Path(image), run_dir, weights=weights,
                                         trust_checkpoint=trust_checkpoint, device=device, progress=progress)
-                    for store in chosen.stores(source)]  # TURTLE's backbones: one each
-        if chosen.info["assign"]["kind"] != "turtle":
-            features = features[0]
+                    for store in chosen.stores(source)]  # one per backbone (TURTLE's: several)
         similarity, found = index.of_features(features, k)
         cluster = int(assign(chosen, features, device=device)[0][0])
     paths = dataset.paths if isinstance(dataset, FileImageDataset) else None
